@@ -1,0 +1,163 @@
+"""Kubernetes access shared by the operator, the worker and the CLI.
+
+Resource classes for the agentrun kinds (lightkube generic resources), a client factory
+(kubeconfig from ``KUBECONFIG`` or the in-cluster service account), and
+:func:`transition`, the single way a run's phase is written to its custom resource: a
+read-check-write loop that carries ``metadata.resourceVersion`` in the patch, so the API
+server refuses it (409) if anyone wrote in between, and that never moves a phase backwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import lightkube
+import lightkube.config.kubeconfig
+import lightkube.core.exceptions
+import lightkube.generic_resource
+import lightkube.types
+
+from agentrun import phases
+
+GROUP = "agentrun.io"
+VERSION = "v1alpha1"
+
+AgentRun = lightkube.generic_resource.create_namespaced_resource(GROUP, VERSION, "AgentRun", "agentruns")
+WorkerPool = lightkube.generic_resource.create_namespaced_resource(GROUP, VERSION, "WorkerPool", "workerpools")
+
+ApiError = lightkube.core.exceptions.ApiError
+
+_MAX_CONFLICT_RETRIES = 20
+
+
+def client(kubeconfig: str | None = None, *, timeout: float = 10.0) -> lightkube.AsyncClient:
+    """An async client from ``kubeconfig`` (a path), else ``KUBECONFIG``/in-cluster config."""
+    import httpx2  # lightkube's HTTP layer
+
+    config = (
+        lightkube.config.kubeconfig.KubeConfig.from_file(kubeconfig)
+        if kubeconfig
+        else lightkube.config.kubeconfig.KubeConfig.from_env()
+    )
+    return lightkube.AsyncClient(config=config, timeout=httpx2.Timeout(timeout), field_manager="agentrun")
+
+
+def now() -> str:
+    """An RFC 3339 UTC timestamp with second precision, as Kubernetes writes them."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_precise() -> str:
+    """RFC 3339 UTC with microseconds, for latency measurements (dispatch, start)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict) and not hasattr(obj, "to_dict"):
+        return obj
+    result: dict[str, Any] = obj.to_dict()
+    return result
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status.code == 404
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status.code == 409
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: str,
+    *,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` moves only on change."""
+    result = [dict(c) for c in conditions if c.get("type") != type_]
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    changed = previous is None or previous.get("status") != status
+    condition: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now() if changed or previous is None else previous["lastTransitionTime"],
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    result.append(condition)
+    return result
+
+
+async def transition(
+    api: lightkube.AsyncClient,
+    namespace: str,
+    name: str,
+    phase: phases.Phase,
+    *,
+    attempt: int,
+    uid: str | None = None,
+    fields: dict[str, Any] | None = None,
+    condition: tuple[str, str, str, str] | None = None,
+) -> dict[str, Any] | None:
+    """Move an AgentRun to ``phase`` (at ``attempt``) if the lifecycle allows it.
+
+    Returns the patched object, or None when the transition is not allowed (the run is
+    already further along, terminal, or was replaced by another object of the same name).
+    ``condition`` is ``(type, status, reason, message)``. Raises ApiError 404 when gone.
+    """
+    for _ in range(_MAX_CONFLICT_RETRIES):
+        current = to_dict(await api.get(AgentRun, name, namespace=namespace))
+        meta = current.get("metadata", {})
+        if uid is not None and meta.get("uid") != uid:
+            return None
+        status = current.get("status") or {}
+        if not phases.may_transition(status.get("phase"), int(status.get("attempt") or 0), phase, attempt):
+            return None
+        new_status: dict[str, Any] = dict(fields or {})
+        new_status["phase"] = str(phase)
+        new_status["attempt"] = attempt
+        if condition is not None:
+            ctype, cstatus, creason, cmessage = condition
+            new_status["conditions"] = set_condition(
+                status.get("conditions") or [],
+                ctype,
+                cstatus,
+                reason=creason,
+                message=cmessage,
+                generation=meta.get("generation"),
+            )
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new_status}
+        try:
+            patched = await api.patch(
+                AgentRun.Status,
+                name,
+                patch,
+                namespace=namespace,
+                patch_type=lightkube.types.PatchType.MERGE,
+            )
+        except ApiError as exc:
+            if is_conflict(exc):
+                continue
+            raise
+        return to_dict(patched)
+    raise RuntimeError(f"AgentRun {namespace}/{name}: too many write conflicts")
+
+
+async def patch_status(
+    api: lightkube.AsyncClient, namespace: str, name: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """A plain merge patch of status fields that do not decide the phase (heartbeat, counters)."""
+    patched = await api.patch(
+        AgentRun.Status,
+        name,
+        {"status": status},
+        namespace=namespace,
+        patch_type=lightkube.types.PatchType.MERGE,
+    )
+    return to_dict(patched)

@@ -1,0 +1,113 @@
+"""Dispatching a new AgentRun: resolve its pool, mark it Queued, publish one message.
+
+Called by the AgentRun creation handler. The order makes restarts safe:
+
+1. ``Queued`` (with attempt, queue time, thread and stream key) is written with a
+   compare-and-swap on ``resourceVersion``; a run already further along is left alone.
+2. The message is published with publisher confirms; its id is derived from
+   ``(uid, attempt)``.
+
+If the operator dies between 1 and 2, kopf has not recorded the handler as done and calls
+it again, which publishes; if it dies after 2 but before kopf records success, the same
+message id is published again and the worker's lease turns the second delivery into a no-op.
+Once the creation is recorded, neither a restart nor a watch reconnect calls this again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import dramatiq
+import kopf
+import lightkube
+import structlog
+
+from agentrun import broker, keys, kube, message, phases
+
+logger = structlog.get_logger(__name__)
+
+
+class PoolMissing(Exception):
+    """The run names a WorkerPool that does not exist (yet)."""
+
+
+def resolve_queue(pools: kopf.Index[tuple[str, str], str], namespace: str, pool: str) -> str:
+    found = list(pools.get((namespace, pool), []))
+    if not found:
+        raise PoolMissing(pool)
+    return found[0]
+
+
+def age_seconds(meta: kopf.Meta) -> float:
+    created = meta.get("creationTimestamp")
+    if not created:
+        return 0.0
+    then = datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
+
+
+async def dispatch(
+    *,
+    api: lightkube.AsyncClient,
+    dramatiq_broker: dramatiq.Broker,
+    pools: kopf.Index[tuple[str, str], str],
+    body: kopf.Body,
+    pool_wait_seconds: float,
+) -> None:
+    meta, spec, status = body.metadata, body.spec, body.status
+    namespace, name, uid = meta.namespace, meta.name, meta.uid
+    assert namespace is not None and name is not None and uid is not None
+    log = logger.bind(run_id=uid, namespace=namespace, name=name)
+    phase = status.get("phase")
+    if phases.rank(phase) > phases.rank(phases.Phase.QUEUED):
+        return  # a worker has it already, or it ended
+    pool = spec.get("workerPool", "default")
+    try:
+        queue = resolve_queue(pools, namespace, pool)
+    except PoolMissing:
+        if age_seconds(meta) < pool_wait_seconds:
+            raise kopf.TemporaryError(f"waiting for WorkerPool {pool!r}", delay=1)
+        reason, text = "WorkerPoolNotFound", f'WorkerPool "{pool}" not found in namespace "{namespace}"'
+        await kube.transition(
+            api, namespace, name, phases.Phase.FAILED, attempt=int(status.get("attempt") or 1), uid=uid,
+            fields={"reason": reason, "message": text, "finishedAt": kube.now(),
+                    "observedGeneration": meta.get("generation")},
+            condition=("Complete", "False", reason, text),
+        )
+        kopf.warn(body, reason=reason, message=text)
+        log.warning("run.failed", reason=reason)
+        return
+
+    attempt = int(status.get("attempt") or 1)
+    thread_id = status.get("threadId") or spec.get("threadId") or uid
+    queued_at = status.get("queuedAt") or kube.now_precise()
+    if phase != phases.Phase.QUEUED:
+        marked = await kube.transition(
+            api, namespace, name, phases.Phase.QUEUED, attempt=attempt, uid=uid,
+            fields={
+                "queuedAt": queued_at,
+                "threadId": thread_id,
+                "streamKey": keys.stream(uid),
+                "observedGeneration": meta.get("generation"),
+                "reason": None,
+                "message": None,
+            },
+            condition=("Dispatched", "True", "Queued", f"queued on {queue}"),
+        )
+        if marked is None:
+            return  # someone else moved it on in the meantime
+
+    payload = message.RunMessage(
+        uid=uid,
+        namespace=namespace,
+        name=name,
+        generation=int(meta.get("generation") or 1),
+        attempt=attempt,
+        thread_id=thread_id,
+        queued_at=queued_at,
+        spec=dict(spec),
+    )
+    message_id = await asyncio.to_thread(broker.enqueue, dramatiq_broker, payload, queue)
+    kopf.info(body, reason="Queued", message=f"attempt {attempt} queued on {queue}")
+    log.info("run.queued", queue=queue, attempt=attempt, message_id=message_id)
+

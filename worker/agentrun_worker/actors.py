@@ -1,0 +1,27 @@
+"""The Dramatiq actor of the worker: ``dramatiq agentrun_worker.actors``.
+
+The actor is declared on the queue of this worker's pool (``AGENTRUN_QUEUE``, set by the
+pool's Deployment) and takes only ids and the resolved spec (see ``agentrun.message``).
+It is idempotent: duplicate deliveries are recognised by the run's lease and state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+from agentrun import message
+from agentrun_worker import execution, runtime
+
+
+@dramatiq.actor(
+    actor_name=message.ACTOR_NAME,
+    queue_name=runtime.config().queue,
+    broker=runtime.broker(),
+    max_retries=3,
+    min_backoff=1_000,
+    max_backoff=30_000,
+)
+async def execute_run(payload: dict[str, Any]) -> None:
+    await execution.execute(payload)

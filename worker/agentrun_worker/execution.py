@@ -1,0 +1,347 @@
+"""The lifecycle of one run on a worker, from message to final state.
+
+Called by the ``execute_run`` actor. In order:
+
+1. Drop what must not run: a run that already ended (database or resource), a stale attempt,
+   a deleted resource, or a delivery whose lease another worker holds (duplicate).
+2. Hold the lease and renew it in the background (with a modest heartbeat on the resource).
+3. Subscribe to stop requests, then read the durable flag: a stop that came first ends the
+   run ``Stopped`` before the model is called.
+4. ``Running`` on the resource and in the database, then the agent loop with every event
+   streamed to Redis.
+5. The final state — ``Succeeded``, ``Failed`` (with reason and message: an exception is
+   never a success) or ``Stopped`` — in the database, then on the resource, then as the
+   terminal stream event; key TTLs set; the lease released.
+
+A run whose lease is lost (Redis lost it, or this worker stalled past the TTL) stops
+writing at once: another worker may own it now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import enum
+from typing import Any
+
+import structlog
+
+from agentrun import keys, kube, message, phases, store, streams
+from agentrun_worker import agent, leases, providers, runtime, stopping
+from agentrun_worker.providers import base as providers_base
+
+logger = structlog.get_logger(__name__)
+
+RESULT_MAX = 4096
+MESSAGE_MAX = 1024
+
+
+class End(enum.Enum):
+    DONE = "done"
+    STOPPED = "stopped"
+    LEASE_LOST = "lease_lost"
+
+
+class InputError(Exception):
+    reason = "InputNotFound"
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _truncate(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+async def execute(raw: dict[str, Any]) -> None:
+    msg = message.RunMessage.model_validate(raw)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        run_id=msg.uid, thread_id=msg.thread_id, namespace=msg.namespace, name=msg.name, attempt=msg.attempt
+    )
+    clients = await runtime.clients()
+    await Execution(msg, clients, runtime.config()).run()
+
+
+class Execution:
+    def __init__(self, msg: message.RunMessage, clients: runtime.Clients, config: Any) -> None:
+        self.msg = msg
+        self.c = clients
+        self.config = config
+        self.lease = leases.Lease(clients.redis, msg.uid, config.instance_id, config.lease_ttl_seconds)
+        self.writer = streams.StreamWriter(
+            clients.redis, msg.uid, maxlen=config.stream_maxlen, batch_max=config.stream_batch_max
+        )
+        self.lease_lost = asyncio.Event()
+        self.iterations = 0
+
+    # -- 1. admission -------------------------------------------------------------------------
+
+    async def _admit(self) -> bool:
+        msg = self.msg
+        record = await self.c.store.get_run(msg.uid)
+        if record is not None and phases.is_terminal(record.status):
+            logger.info("run.skipped", why="already ended", phase=record.status)
+            return False
+        if not await self.lease.acquire():
+            logger.info("run.skipped", why="duplicate delivery: lease held", holder=await self.lease.holder())
+            return False
+        try:
+            obj = kube.to_dict(await self.c.api.get(kube.AgentRun, msg.name, namespace=msg.namespace))
+        except kube.ApiError as exc:
+            if kube.is_not_found(exc):
+                logger.info("run.skipped", why="AgentRun deleted")
+                await self.lease.release()
+                return False
+            await self.lease.release()
+            raise
+        status = obj.get("status") or {}
+        if obj["metadata"].get("uid") != msg.uid or phases.is_terminal(status.get("phase")):
+            logger.info("run.skipped", why="AgentRun replaced or ended", phase=status.get("phase"))
+            await self.lease.release()
+            return False
+        if int(status.get("attempt") or 0) > msg.attempt:
+            logger.info("run.skipped", why="stale attempt", current=status.get("attempt"))
+            await self.lease.release()
+            return False
+        return True
+
+    # -- 2. lease and heartbeat ---------------------------------------------------------------
+
+    async def _keep_lease(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time() + self.config.heartbeat_seconds
+        while True:
+            await asyncio.sleep(self.config.lease_renew_seconds)
+            try:
+                if not await self.lease.renew():
+                    logger.error("run.lease_lost")
+                    self.lease_lost.set()
+                    return
+            except Exception as exc:  # Redis hiccup: try again at the next tick, the TTL covers it
+                logger.warning("run.lease_renew_failed", error=str(exc))
+                continue
+            if loop.time() >= next_heartbeat:
+                next_heartbeat = loop.time() + self.config.heartbeat_seconds
+                with contextlib.suppress(Exception):
+                    await kube.patch_status(
+                        self.c.api, self.msg.namespace, self.msg.name,
+                        {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
+                    )
+
+    # -- the whole run ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if not await self._admit():
+            return
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease())
+        watch = stopping.StopWatch(self.c.redis, self.msg.uid)
+        try:
+            await watch.start()
+            if watch.requested.is_set():
+                await self._finish(phases.Phase.STOPPED, "StopRequested", "stopped before it started")
+                return
+            try:
+                user_input = await self._resolve_input()
+            except InputError as exc:
+                await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+                return
+            if not await self._start(user_input):
+                return
+            await self._execute(user_input, watch)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await watch.close()
+            if not self.lease_lost.is_set():
+                with contextlib.suppress(Exception):
+                    await self.lease.release()
+
+    async def _resolve_input(self) -> str:
+        spec = self.msg.spec
+        if "input" in spec:
+            return str(spec["input"])
+        ref = spec.get("inputFrom") or {}
+        import lightkube.resources.core_v1 as core
+
+        for field, resource in (("configMapKeyRef", core.ConfigMap), ("secretKeyRef", core.Secret)):
+            if field in ref:
+                name, key = ref[field]["name"], ref[field]["key"]
+                try:
+                    obj = await self.c.api.get(resource, name, namespace=self.msg.namespace)
+                except kube.ApiError as exc:
+                    if kube.is_not_found(exc):
+                        raise InputError(f'{resource.__name__} "{name}" not found') from exc
+                    raise
+                data = obj.data or {}
+                if key not in data:
+                    raise InputError(f'key "{key}" not found in {resource.__name__} "{name}"')
+                value = data[key]
+                if resource is core.Secret:
+                    import base64
+
+                    value = base64.b64decode(value).decode()
+                return str(value)
+        return ""
+
+    async def _start(self, user_input: str) -> bool:
+        msg = self.msg
+        started = _utcnow()
+        await self.c.store.ensure_thread(msg.thread_id, namespace=msg.namespace)
+        await self.c.store.upsert_run(
+            store.RunRecord(
+                id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
+                status=str(phases.Phase.QUEUED), attempt=msg.attempt,
+                queued_at=_parse_time(msg.queued_at),
+                metadata={"model": (msg.spec.get("agent") or {}).get("model"), "workerPool": msg.spec.get("workerPool")},
+            )
+        )
+        await self.c.store.transition(
+            msg.uid, str(phases.Phase.RUNNING), attempt=msg.attempt, started_at=started,
+            worker_instance=self.config.instance_id,
+        )
+        moved = await kube.transition(
+            self.c.api, msg.namespace, msg.name, phases.Phase.RUNNING, attempt=msg.attempt, uid=msg.uid,
+            fields={
+                "startedAt": kube.now_precise(),
+                "workerInstance": self.config.instance_id,
+                "lastHeartbeatTime": kube.now(),
+            },
+            condition=("Running", "True", "Started", f"running on {self.config.instance_id}"),
+        )
+        if moved is None:
+            logger.info("run.skipped", why="resource moved on before start")
+            return False
+        await self.c.store.add_message(
+            msg.thread_id, "user", user_input, run_id=msg.uid, message_id=f"{msg.uid}/input"
+        )
+        self.writer.emit({"type": streams.STATUS, "status": "running", "attempt": msg.attempt})
+        logger.info("run.started")
+        return True
+
+    async def _execute(self, user_input: str, watch: stopping.StopWatch) -> None:
+        msg = self.msg
+        agent_spec = msg.spec.get("agent") or {}
+        try:
+            provider = providers.for_agent(agent_spec, user_input)
+        except providers_base.ProviderUnavailable as exc:
+            await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+            return
+        history = [
+            {"role": m.role, "content": m.content}
+            for m in await self.c.store.list_messages(msg.thread_id)
+            if m.role in ("user", "assistant")
+        ]
+        loop = agent.AgentLoop(
+            provider=provider, writer=self.writer, db=self.c.store, run_id=msg.uid, attempt=msg.attempt,
+            thread_id=msg.thread_id, agent=agent_spec, history=history,
+        )
+        task = asyncio.get_running_loop().create_task(loop.run())
+        stop_wait = asyncio.get_running_loop().create_task(watch.requested.wait())
+        lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())
+        timeout = msg.spec.get("timeoutSeconds")
+        try:
+            done, _ = await asyncio.wait(
+                {task, stop_wait, lost_wait},
+                timeout=float(timeout) if timeout else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stop_wait.cancel()
+            lost_wait.cancel()
+        self.iterations = loop.outcome.iterations
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self.iterations = loop.outcome.iterations
+            if lost_wait in done:
+                logger.error("run.abandoned", why="lease lost: another worker may own this run")
+                return
+            if stop_wait in done:
+                await self._finish(phases.Phase.STOPPED, watch.reason or "StopRequested", "stopped on request",
+                                   outcome=loop.outcome)
+            else:
+                await self._finish(phases.Phase.FAILED, "DeadlineExceeded",
+                                   f"the run exceeded timeoutSeconds={timeout}", outcome=loop.outcome)
+            return
+        exc = task.exception()
+        if exc is not None:
+            reason = getattr(exc, "reason", "AgentError")
+            text = str(exc) or type(exc).__name__
+            logger.warning("run.agent_failed", reason=reason, error=text, exc_info=exc)
+            await self._finish(phases.Phase.FAILED, reason, text, outcome=loop.outcome)
+            return
+        outcome = task.result()
+        await self._finish(phases.Phase.SUCCEEDED, outcome.reason, "", outcome=outcome)
+
+    # -- 5. the final state ---------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        phase: phases.Phase,
+        reason: str,
+        text: str,
+        *,
+        outcome: agent.Outcome | None = None,
+    ) -> None:
+        msg = self.msg
+        text = _truncate(text, MESSAGE_MAX) or ""
+        result = _truncate(outcome.result, RESULT_MAX) if outcome else None
+        usage = outcome.usage if outcome else {}
+        iterations = outcome.iterations if outcome else 0
+        await self.writer.flush()  # every event of the run is stored before it is declared over
+        await self.c.store.ensure_thread(msg.thread_id, namespace=msg.namespace)
+        await self.c.store.upsert_run(
+            store.RunRecord(id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
+                            status=str(phases.Phase.QUEUED), attempt=msg.attempt,
+                            queued_at=_parse_time(msg.queued_at))
+        )
+        await self.c.store.transition(
+            msg.uid, str(phase), attempt=msg.attempt, reason=reason,
+            error=text if phase != phases.Phase.SUCCEEDED else None,
+            result=result, usage=usage, finished_at=_utcnow(), worker_instance=self.config.instance_id,
+        )
+        fields: dict[str, Any] = {
+            "reason": reason,
+            "message": text or None,
+            "finishedAt": kube.now_precise(),
+            "iterations": iterations,
+        }
+        if outcome is not None:
+            fields["usage"] = usage
+            fields["result"] = result
+        complete = "True" if phase == phases.Phase.SUCCEEDED else "False"
+        try:
+            await kube.transition(
+                self.c.api, msg.namespace, msg.name, phase, attempt=msg.attempt, uid=msg.uid,
+                fields=fields, condition=("Complete", complete, reason, text),
+            )
+        except kube.ApiError as exc:
+            if not kube.is_not_found(exc):
+                raise
+        self.writer.emit({
+            "type": streams.STATUS,
+            "status": str(phase).lower(),
+            "reason": reason,
+            "message": text,
+            "iterations": iterations,
+            "usage": usage,
+        })
+        await self.writer.flush()
+        pipe = self.c.redis.pipeline(transaction=False)
+        for key in (keys.stream(msg.uid), keys.stop(msg.uid)):
+            pipe.expire(key, self.config.key_ttl_seconds)
+        await pipe.execute()
+        logger.info("run.finished", phase=str(phase), reason=reason, iterations=iterations, events=self.writer.count)

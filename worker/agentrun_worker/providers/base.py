@@ -1,0 +1,38 @@
+"""The provider interface: one model turn, streamed as text deltas.
+
+Errors are named for what happens next: :class:`ProviderUnavailable` (no such model here:
+the run fails at once) and :class:`ProviderError` (the model call failed: the run fails with
+the provider's message; transient errors are retried inside the provider).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class ProviderUnavailable(Exception):
+    reason = "ProviderUnavailable"
+
+
+class ProviderError(Exception):
+    reason = "ModelError"
+
+
+@dataclasses.dataclass
+class Turn:
+    text: str
+    finish: str  # "continue" (more turns follow), "complete" (the agent is done), "ask" (waits for the user)
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+OnDelta = Callable[[str], Awaitable[None] | None]
+
+
+class Provider(abc.ABC):
+    @abc.abstractmethod
+    async def turn(self, messages: list[dict[str, Any]], *, iteration: int, on_delta: OnDelta) -> Turn:
+        """Run one model turn over ``messages``, calling ``on_delta`` for each text chunk."""

@@ -1,0 +1,47 @@
+"""The offline scripted provider (``model: scripted``).
+
+Each turn of ``spec.agent.script`` is one model turn: its ``text`` is streamed word by word
+with ``chunkDelayMs`` between chunks, or its ``fail`` raises a :class:`ProviderError`. The
+last scripted turn completes the agent; with no script the agent echoes the input. Token
+usage counts words, so the numbers are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from typing import Any
+
+from agentrun_worker.providers import base
+
+MODEL = "scripted"
+
+_CHUNKS = re.compile(r"\S+\s*|\s+")
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+class ScriptedProvider(base.Provider):
+    def __init__(self, script: list[dict[str, Any]], user_input: str) -> None:
+        self._script = script or [{"text": f"You said: {user_input}"}]
+
+    async def turn(self, messages: list[dict[str, Any]], *, iteration: int, on_delta: base.OnDelta) -> base.Turn:
+        step = self._script[min(iteration, len(self._script)) - 1]
+        prompt_tokens = sum(words(str(m.get("content", ""))) for m in messages)
+        if "fail" in step:
+            raise base.ProviderError(str(step["fail"]))
+        text = str(step.get("text", ""))
+        delay = int(step.get("chunkDelayMs", 0)) / 1000
+        for chunk in _CHUNKS.findall(text):
+            result = on_delta(chunk)
+            if inspect.isawaitable(result):
+                await result
+            if delay:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)  # stay cancellable, like a network stream
+        finish = "complete" if iteration >= len(self._script) else "continue"
+        return base.Turn(text=text, finish=finish, input_tokens=prompt_tokens, output_tokens=words(text))

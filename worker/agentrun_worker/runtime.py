@@ -1,0 +1,85 @@
+"""Process-wide state of a worker: settings, broker and the clients of the event loop.
+
+``actors`` asks for the broker when it declares the actor; ``execution`` asks for the
+clients. Dramatiq's AsyncIO middleware runs every async actor of a process on one event
+loop thread, so the clients are built once, lazily, on that loop. ``agentrun dev`` calls
+:func:`install` first to share its in-process stub broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+import dramatiq
+import lightkube
+import redis.asyncio as aioredis
+import structlog
+
+from agentrun import broker as brokers
+from agentrun import kube, log, settings, store
+
+logger = structlog.get_logger(__name__)
+
+_config: settings.Settings | None = None
+_broker: dramatiq.Broker | None = None
+_clients: Clients | None = None
+_lock: asyncio.Lock | None = None
+
+
+@dataclasses.dataclass
+class Clients:
+    redis: aioredis.Redis
+    api: lightkube.AsyncClient
+    store: store.Store
+
+
+def install(config: settings.Settings, dramatiq_broker: dramatiq.Broker | None = None) -> None:
+    global _config, _broker
+    _config = config
+    _broker = dramatiq_broker
+
+
+def config() -> settings.Settings:
+    global _config
+    if _config is None:
+        _config = settings.load()
+        log.configure(_config.log_level, _config.log_format)
+    return _config
+
+
+def broker() -> dramatiq.Broker:
+    global _broker
+    if _broker is None:
+        _broker = brokers.setup(config())
+    return _broker
+
+
+async def clients() -> Clients:
+    global _clients, _lock
+    if _clients is not None:
+        return _clients
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        if _clients is None:
+            cfg = config()
+            if not cfg.redis_url:
+                raise RuntimeError("AGENTRUN_REDIS_URL is not set: the worker needs Redis")
+            db = store.open_store(cfg.database_url, default_sqlite_path=os.path.join(cfg.state_dir, "agentrun.db"))
+            await db.connect()
+            await db.migrate()
+            _clients = Clients(
+                redis=aioredis.Redis.from_url(cfg.redis_url),
+                api=kube.client(),
+                store=db,
+            )
+            logger.info(
+                "worker.clients_ready",
+                queue=cfg.queue,
+                instance=cfg.instance_id,
+                redis=log.redact_url(cfg.redis_url),
+            )
+    assert _clients is not None
+    return _clients

@@ -1,0 +1,58 @@
+"""Watching for a stop request while a run executes.
+
+Subscribe to the run's control channel first, then read the durable flag: a stop requested
+before the subscription is seen in the flag, one requested after it arrives as a message.
+Either way :attr:`StopWatch.requested` is set and the execution cancels the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import redis.asyncio as aioredis
+import structlog
+
+from agentrun import control, keys
+
+logger = structlog.get_logger(__name__)
+
+
+class StopWatch:
+    def __init__(self, client: aioredis.Redis, uid: str) -> None:
+        self._client = client
+        self._uid = uid
+        self.requested = asyncio.Event()
+        self.reason: str | None = None
+        self._pubsub = client.pubsub()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(keys.control(self._uid))
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+        await self.check()
+
+    async def check(self) -> bool:
+        reason = await control.stop_requested(self._client, self._uid)
+        if reason is not None:
+            self.reason = reason
+            self.requested.set()
+        return self.requested.is_set()
+
+    async def _listen(self) -> None:
+        async for item in self._pubsub.listen():
+            if item.get("type") == "message":
+                await self.check()
+                if not self.requested.is_set():  # a wake-up without the flag: honour it anyway
+                    self.reason = "StopRequested"
+                    self.requested.set()
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._pubsub.unsubscribe()
+            await self._pubsub.aclose()
