@@ -7,6 +7,7 @@ operator, no peering), sharing the dev stack's in-process broker through ``memo`
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import dramatiq
@@ -26,6 +27,9 @@ class OperatorThread:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
+        # kopf warns that OS signals are not handled outside the main thread: the dev stack
+        # handles them and stops the operator through its stop flag.
+        logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)

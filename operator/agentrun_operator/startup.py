@@ -13,7 +13,8 @@ import kopf
 import redis.asyncio as aioredis
 import structlog
 
-from agentrun import broker, kube, log, settings
+from agentrun import broker, kube, log
+from agentrun import settings as agentrun_settings
 
 logger = structlog.get_logger(__name__)
 
@@ -38,7 +39,7 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = getattr(memo, "config", None) or settings.load()
+    config = getattr(memo, "config", None) or agentrun_settings.load()
     if not getattr(memo, "broker_shared", False):
         log.configure(config.log_level, config.log_format)
     configure_kopf(settings)

@@ -64,18 +64,20 @@ def _truncate(text: str | None, limit: int) -> str | None:
 
 
 async def execute(raw: dict[str, Any]) -> None:
+    received_at = kube.now_precise()
     msg = message.RunMessage.model_validate(raw)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
         run_id=msg.uid, thread_id=msg.thread_id, namespace=msg.namespace, name=msg.name, attempt=msg.attempt
     )
     clients = await runtime.clients()
-    await Execution(msg, clients, runtime.config()).run()
+    await Execution(msg, clients, runtime.config(), received_at=received_at).run()
 
 
 class Execution:
-    def __init__(self, msg: message.RunMessage, clients: runtime.Clients, config: Any) -> None:
+    def __init__(self, msg: message.RunMessage, clients: runtime.Clients, config: Any, *, received_at: str) -> None:
         self.msg = msg
+        self.received_at = received_at
         self.c = clients
         self.config = config
         self.lease = leases.Lease(clients.redis, msg.uid, config.instance_id, config.lease_ttl_seconds)
@@ -226,7 +228,8 @@ class Execution:
         await self.c.store.add_message(
             msg.thread_id, "user", user_input, run_id=msg.uid, message_id=f"{msg.uid}/input"
         )
-        self.writer.emit({"type": streams.STATUS, "status": "running", "attempt": msg.attempt})
+        self.writer.emit({"type": streams.STATUS, "status": "running", "attempt": msg.attempt,
+                          "receivedAt": self.received_at})
         logger.info("run.started")
         return True
 

@@ -1,0 +1,69 @@
+"""The end-to-end bed: emulator in-process; operator and workers as real subprocesses."""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.e2e import harness
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, redis_url: str,
+        postgres_dsn: str) -> Iterator[harness.Bed]:
+    from agentrun import emulator, store
+
+    import asyncio
+
+    asyncio.run(store.migrate_url(postgres_dsn))
+    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    server = emulator.EmulatorServer(crds=crds)
+    server.start()
+    state = tmp_path_factory.mktemp("bed")
+    kubeconfig = server.write_kubeconfig(state / "kubeconfig")
+    bed = harness.Bed(kubeconfig=kubeconfig, amqp_url=amqp_url, redis_url=redis_url, database_url=postgres_dsn,
+                      log_dir=state, emulator=server)
+    try:
+        yield bed
+    finally:
+        bed.stop_all()
+        server.stop()
+
+
+class Operator:
+    """The session's one operator process, which a test may kill and start again."""
+
+    def __init__(self, bed: harness.Bed) -> None:
+        self.bed = bed
+        self.proc = bed.start_operator()
+
+    def restart_after_kill(self) -> harness.Proc:
+        self.proc.kill()
+        self.proc = self.bed.start_operator()
+        return self.proc
+
+
+@pytest.fixture(scope="session")
+def operator(bed: harness.Bed) -> Operator:
+    return Operator(bed)
+
+
+@pytest.fixture
+def namespace(bed: harness.Bed) -> Iterator[str]:
+    """A namespace of one test, with a WorkerPool "default" whose queue is this test's own."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": "default", "namespace": name}, "spec": {}})
+    started = len(bed.procs)
+    yield name
+    for proc in bed.procs[started:]:
+        if proc.name == "worker":
+            proc.stop()
+    bed.delete_queues(f"agentrun.{name}.default")

@@ -1,0 +1,213 @@
+"""An AgentRun end to end: real kopf, real Dramatiq worker processes, RabbitMQ, Redis, PostgreSQL.
+
+Only the Kubernetes API server is emulated (agentrun.emulator, built on kmock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from agentrun import broker, keys, message, streams
+from tests.e2e import harness
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = [
+    {"text": "Hello from the scripted model.", "chunkDelayMs": 5},
+    {"text": "Second turn, then done.", "chunkDelayMs": 5},
+]
+
+
+def agentrun(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"input": "hi", "agent": {"model": "scripted", "script": SCRIPT}}
+    body.update(spec)
+    return {"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
+            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def stream_events(redis_url: str, uid: str) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return [event for _, event in await streams.read_all(client, uid)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_a_run_goes_queued_running_succeeded_and_everything_agrees(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a worker on the namespace's default pool
+    bed.start_worker(f"agentrun.{namespace}.default")
+    # When an AgentRun is applied
+    recorder = harness.PhaseRecorder(bed, namespace, "hello")
+    created = bed.create(agentrun(namespace, "hello"))
+    uid = created["metadata"]["uid"]
+    obj = bed.wait_phase(namespace, "hello", "Succeeded", "Failed")
+    seen = recorder.stop()
+    status = obj["status"]
+    # Then it passed through Queued and Running and succeeded
+    assert status["phase"] == "Succeeded", status
+    assert seen[-3:] == ["Queued", "Running", "Succeeded"] or seen == ["Queued", "Running", "Succeeded"], seen
+    assert status["attempt"] == 1
+    assert status["observedGeneration"] == 1
+    assert status["iterations"] == 2
+    assert status["threadId"] == uid
+    assert status["streamKey"] == keys.stream(uid)
+    assert status["result"] == SCRIPT[-1]["text"]
+    assert status["queuedAt"] <= status["startedAt"] <= status["finishedAt"]
+    # And the stream holds exactly the scripted output, in order, plus one terminal event
+    events = stream_events(bed.redis_url, uid)
+    text = "".join(e["delta"] for e in events if e["type"] == streams.ASSISTANT)
+    assert text == SCRIPT[0]["text"] + SCRIPT[1]["text"]
+    terminal = [e for e in events if streams.is_terminal(e)]
+    assert len(terminal) == 1 and events[-1] is terminal[0]
+    assert terminal[0]["status"] == "succeeded"
+    assert {k: events[0][k] for k in ("type", "status", "attempt")} == {"type": "status", "status": "running",
+                                                                         "attempt": 1}
+    # And the database row agrees with the resource
+    row = bed.db_row(uid)
+    assert row is not None
+    assert (row["status"], row["attempt"], row["namespace"], row["name"], row["thread_id"]) == (
+        "Succeeded", 1, namespace, "hello", uid)
+    assert row["result"] == status["result"]
+    assert json.loads(row["usage"]) if isinstance(row["usage"], str) else row["usage"] == status["usage"]
+    assert row["error"] is None
+    # And the thread holds the user's input and both assistant turns
+    msgs = bed.db_messages(uid)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "assistant"]
+    # And the keys of the run expire
+    ttl = asyncio.run(_ttl(bed.redis_url, keys.stream(uid)))
+    assert 0 < ttl <= 86_400
+    assert asyncio.run(_exists(bed.redis_url, keys.lease(uid))) == 0
+
+
+async def _ttl(url: str, key: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return int(await client.ttl(key))
+    finally:
+        await client.aclose()
+
+
+async def _exists(url: str, key: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return int(await client.exists(key))
+    finally:
+        await client.aclose()
+
+
+def test_an_agent_that_raises_fails_with_reason_and_message_in_both_places(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    bed.start_worker(f"agentrun.{namespace}.default")
+    spec = agentrun(namespace, "boom")
+    spec["spec"]["agent"]["script"] = [{"text": "Let me try."}, {"fail": "the model exploded"}]
+    uid = bed.create(spec)["metadata"]["uid"]
+    status = bed.wait_phase(namespace, "boom", "Succeeded", "Failed")["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "ModelError"
+    assert status["message"] == "the model exploded"
+    complete = next(c for c in status["conditions"] if c["type"] == "Complete")
+    assert complete["status"] == "False" and complete["reason"] == "ModelError"
+    row = bed.db_row(uid)
+    assert row is not None
+    assert (row["status"], row["reason"], row["error"]) == ("Failed", "ModelError", "the model exploded")
+    events = stream_events(bed.redis_url, uid)
+    assert events[-1]["type"] == "status" and events[-1]["status"] == "failed"
+    assert events[-1]["message"] == "the model exploded"
+
+
+def test_an_unknown_pool_fails_with_reason_and_an_event(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    bed.create(agentrun(namespace, "lost", workerPool="nope"))
+    status = bed.wait_phase(namespace, "lost", "Failed", timeout=30)["status"]
+    assert status["reason"] == "WorkerPoolNotFound"
+    assert '"nope"' in status["message"]
+    events = [o for o in bed.emulator.list("v1", "events", namespace)
+              if o.get("involvedObject", {}).get("name") == "lost"]
+    assert any(e.get("reason") == "WorkerPoolNotFound" and e.get("type") == "Warning" for e in events), events
+
+
+def test_a_stop_requested_before_the_worker_starts_ends_stopped_without_calling_the_model(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a queued run that no worker has taken yet
+    queue = f"agentrun.{namespace}.default"
+    uid = bed.create(agentrun(namespace, "early-stop"))["metadata"]["uid"]
+    bed.wait_phase(namespace, "early-stop", "Queued")
+    # When a stop is requested and only then a worker starts
+    bed.patch_spec(namespace, "early-stop", {"stop": True})
+    harness.wait_until(lambda: asyncio.run(_exists(bed.redis_url, keys.stop(uid))), 15, "the stop flag")
+    bed.start_worker(queue)
+    # Then the run ends Stopped and the model was never called
+    status = bed.wait_phase(namespace, "early-stop", "Stopped", "Succeeded", "Failed")["status"]
+    assert status["phase"] == "Stopped"
+    assert status["reason"] == "StopRequested"
+    events = stream_events(bed.redis_url, uid)
+    assert [e["type"] for e in events] == ["status"]
+    assert events[0]["status"] == "stopped"
+    assert bed.db_messages(uid) == []
+    assert bed.db_row(uid)["status"] == "Stopped"  # type: ignore[index]
+
+
+def test_the_same_message_delivered_twice_at_once_runs_once(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a queued run (no worker yet) and a second copy of its message on the queue
+    queue = f"agentrun.{namespace}.default"
+    created = bed.create(agentrun(namespace, "twice"))
+    uid = created["metadata"]["uid"]
+    status = bed.wait_phase(namespace, "twice", "Queued")["status"]
+    harness.wait_until(lambda: bed.queue_depth(queue) == 1, 10, "the first message")
+    obj = bed.get_run(namespace, "twice")
+    duplicate = message.RunMessage(uid=uid, namespace=namespace, name="twice", generation=1, attempt=1,
+                                   thread_id=status["threadId"], queued_at=status["queuedAt"], spec=obj["spec"])
+    from agentrun import settings
+
+    rabbit = broker.make_broker(settings.Settings(broker_url=bed.amqp_url))
+    try:
+        broker.enqueue(rabbit, duplicate, queue)
+    finally:
+        rabbit.close()
+    assert bed.queue_depth(queue) == 2
+    # When a worker with several threads takes both at once
+    worker = bed.start_worker(queue, threads=4)
+    bed.wait_phase(namespace, "twice", "Succeeded", "Failed")
+    harness.wait_until(lambda: bed.queue_depth(queue) == 0, 15, "both deliveries to be acknowledged")
+    harness.wait_until(lambda: worker.output().count('"run.skipped"') >= 1, 10, "the duplicate to be skipped")
+    # Then the agent ran once: one running event, the scripted text once, one set of messages
+    events = stream_events(bed.redis_url, uid)
+    assert sum(1 for e in events if e["type"] == "status" and e["status"] == "running") == 1
+    assert "".join(e["delta"] for e in events if e["type"] == "assistant") == SCRIPT[0]["text"] + SCRIPT[1]["text"]
+    assert [m["role"] for m in bed.db_messages(uid)] == ["user", "assistant", "assistant"]
+
+
+def test_an_operator_restart_never_enqueues_a_run_twice(bed: harness.Bed, operator: Any, namespace: str) -> None:
+    # Given a run the operator has queued while no worker runs
+    queue = f"agentrun.{namespace}.default"
+    bed.create(agentrun(namespace, "restart"))
+    bed.wait_phase(namespace, "restart", "Queued")
+    harness.wait_until(lambda: bed.queue_depth(queue) == 1, 10, "the message")
+    # When the operator is killed and started again (a fresh list + watch of every run)
+    op2 = operator.restart_after_kill()
+    harness.wait_until(lambda: '"operator.started"' in op2.output(), 10, "the new operator")
+    bed.create(agentrun(namespace, "after-restart"))  # proves the new operator is handling events
+    bed.wait_phase(namespace, "after-restart", "Queued")
+    # Then the first run's message is still the only one of its kind on the queue
+    harness.wait_until(lambda: bed.queue_depth(queue) == 2, 10, "two messages")
+    assert bed.queue_depth(queue) == 2
+    # And both runs complete exactly once
+    worker = bed.start_worker(queue)
+    for name in ("restart", "after-restart"):
+        assert bed.wait_phase(namespace, name, "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+    assert worker.output().count('"run.started"') == 2
