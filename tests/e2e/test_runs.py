@@ -133,9 +133,12 @@ def test_an_unknown_pool_fails_with_reason_and_an_event(
     status = bed.wait_phase(namespace, "lost", "Failed", timeout=30)["status"]
     assert status["reason"] == "WorkerPoolNotFound"
     assert '"nope"' in status["message"]
-    events = [o for o in bed.emulator.list("v1", "events", namespace)
-              if o.get("involvedObject", {}).get("name") == "lost"]
-    assert any(e.get("reason") == "WorkerPoolNotFound" and e.get("type") == "Warning" for e in events), events
+
+    def warning_posted() -> bool:  # kopf posts Events in the background, shortly after the handler
+        return any(e.get("involvedObject", {}).get("name") == "lost" and e.get("reason") == "WorkerPoolNotFound"
+                   and e.get("type") == "Warning" for e in bed.emulator.list("v1", "events", namespace))
+
+    harness.wait_until(warning_posted, 10, "a Warning Event WorkerPoolNotFound")
 
 
 def test_a_stop_requested_before_the_worker_starts_ends_stopped_without_calling_the_model(
