@@ -19,7 +19,7 @@ import rich.console
 import typer
 import yaml
 
-from agentrun import kube, phases, settings, streams
+from agentrun import binaries, kube, phases, settings, streams
 
 app = typer.Typer(help="Run AI agents in the background on Kubernetes.", no_args_is_help=True, add_completion=False)
 out = rich.console.Console(highlight=False)
@@ -170,14 +170,18 @@ def dev(
     stack = devstack.DevStack(config, api_port=api_port, redis_port=redis_port)
     endpoints = stack.start()
     try:
-        out.print(f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
-                  f"database {endpoints.database_url}, broker: {endpoints.broker}")
-        out.print("In another terminal:")
-        out.print(f"  {endpoints.exports()}")
-        out.print(f"  kubectl apply -f {EXAMPLE}     # kubectl: any v1.2x, or the one `agentrun[test]` ships")
-        out.print("  kubectl get ar -w")
-        out.print("  agentrun logs hello -f")
-        out.print("Ctrl-C stops everything.")
+        kubectl = binaries.which_kubectl() or "kubectl"
+        for text in (
+            f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
+            f"database {endpoints.database_url}, broker: {endpoints.broker}",
+            "In another terminal:",
+            f"  {endpoints.exports()}",
+            f"  {kubectl} apply -f {EXAMPLE}",
+            f"  {kubectl} get ar -w",
+            "  agentrun logs hello -f",
+            "Ctrl-C stops everything.",
+        ):
+            out.print(text, soft_wrap=True)
         _wait_forever()
     finally:
         stack.stop()

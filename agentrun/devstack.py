@@ -10,6 +10,7 @@ worker of the ``default`` pool in this process.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import socket
@@ -83,6 +84,8 @@ class DevStack:
         self.emulator: Any = None
 
     def start(self) -> Endpoints:
+        for noisy in ("aiohttp.access", "httpx2", "httpx"):  # one line per API call drowns the rest
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
             from agentrun import emulator
         except ImportError as exc:

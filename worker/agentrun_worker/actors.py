@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+import dramatiq.middleware
 
 from agentrun import message
-from agentrun_worker import execution, runtime
+from agentrun_worker import execution, middleware, runtime
+
+runtime.broker().add_middleware(middleware.CloseClients(), after=dramatiq.middleware.AsyncIO)
 
 
 @dramatiq.actor(

@@ -83,3 +83,14 @@ async def clients() -> Clients:
             )
     assert _clients is not None
     return _clients
+
+
+async def close() -> None:
+    """Close the clients (at worker shutdown, on the loop that made them)."""
+    global _clients
+    clients, _clients = _clients, None
+    if clients is None:
+        return
+    await clients.store.close()
+    await clients.redis.aclose()
+    await clients.api.close()

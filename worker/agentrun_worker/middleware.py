@@ -1,0 +1,22 @@
+"""Worker middleware: closing the worker's clients when the worker shuts down.
+
+The clients (Redis, Kubernetes, the store) live on Dramatiq's event loop thread. After the
+worker threads have finished their runs, they are closed on that loop — before the AsyncIO
+middleware stops it: Dramatiq runs ``after_*`` hooks in reverse order, which is why this
+middleware is added *after* AsyncIO. Without this an
+open SQLite connection thread keeps the process from exiting.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+import dramatiq.asyncio
+
+from agentrun_worker import runtime
+
+
+class CloseClients(dramatiq.Middleware):
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        loop_thread = dramatiq.asyncio.get_event_loop_thread()
+        if loop_thread is not None:
+            loop_thread.run_coroutine(runtime.close())
