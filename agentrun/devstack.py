@@ -94,7 +94,8 @@ class DevStack:
         state.mkdir(parents=True, exist_ok=True)
 
         crds = [yaml.safe_load(p.read_text()) for p in sorted(CRDS.glob("*.yaml"))]
-        self.emulator = emulator.EmulatorServer(port=self.api_port, crds=crds)
+        # a long-lived dev server keeps a bounded request history
+        self.emulator = emulator.EmulatorServer(port=self.api_port, crds=crds, history_limit=10_000)
         self.emulator.start()
         self._stops.append(self.emulator.stop)
         kubeconfig = self.emulator.write_kubeconfig(state / "kubeconfig")
