@@ -16,6 +16,7 @@ import stat
 import tarfile
 import zipfile
 
+
 def cache_dir() -> pathlib.Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
     return pathlib.Path(base) / "agentrun" / "bin"

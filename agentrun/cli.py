@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -230,4 +229,4 @@ def demo(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -141,7 +141,7 @@ async def follow(
     key = keys.stream(uid)
     cursor = last_id
     while True:
-        response = await client.xread({key: cursor}, count=count, block=block_ms)
+        response: Any = await client.xread({key: cursor}, count=count, block=block_ms)
         if not response:
             if on_idle is not None and not await on_idle():
                 return
@@ -157,5 +157,5 @@ async def follow(
 
 async def read_all(client: aioredis.Redis, uid: str) -> list[tuple[str, dict[str, Any]]]:
     """Everything stored for a run right now, without blocking."""
-    entries = await client.xrange(keys.stream(uid))
+    entries: Any = await client.xrange(keys.stream(uid))
     return [((i.decode() if isinstance(i, bytes) else str(i)), decode(f)) for i, f in entries]

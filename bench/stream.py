@@ -30,32 +30,30 @@ async def agentrun_pair(url: str, paced: int, interval: float, burst: int) -> tu
     uid = str(uuid.uuid4())
     latencies: list[float] = []
 
-    async def read(expected: int) -> float:
-        got = 0
-        async for _, event in streams.follow(r, uid, last_id=cursor):
+    async def read() -> float:
+        async for _, event in streams.follow(r, uid):
             if event["type"] == streams.STATUS:
                 break
             latencies.append((time.perf_counter() - event["t"]) * 1000)
-            got += 1
         return time.perf_counter()
 
     writer = streams.StreamWriter(w, uid)
-    cursor = streams.START
-    reader = asyncio.create_task(read(paced))
+    reader = asyncio.create_task(read())
     await asyncio.sleep(0.05)
-    for i in range(paced):
+    for _ in range(paced):
         writer.emit({"type": streams.ASSISTANT, "delta": "tok ", "t": time.perf_counter()})
         await asyncio.sleep(interval)
     writer.emit({"type": streams.STATUS, "status": "succeeded"})
     await writer.flush()
     await reader
+    await w.delete(keys.stream(uid))
     paced_latencies = list(latencies)
 
     # throughput
     uid = str(uuid.uuid4())
     writer = streams.StreamWriter(w, uid)
     latencies.clear()
-    reader = asyncio.create_task(read(burst))
+    reader = asyncio.create_task(read())
     await asyncio.sleep(0.05)
     start = time.perf_counter()
     for i in range(burst):
@@ -104,7 +102,7 @@ async def seed_pair(url: str, paced: int, interval: float, burst: int) -> tuple[
         reader = asyncio.create_task(read())
         await asyncio.sleep(0.05)
         start = time.perf_counter()
-        for i in range(count):
+        for _ in range(count):
             data = json.dumps({"type": "assistant", "delta": "tok ", "t": time.perf_counter()})
             await w.rpush(list_key, data)
             await w.publish(channel, "new")
@@ -153,7 +151,7 @@ async def raw_pair(url: str, paced: int, interval: float, burst: int) -> tuple[l
         reader = asyncio.create_task(read())
         await asyncio.sleep(0.05)
         start = time.perf_counter()
-        for i in range(count):
+        for _ in range(count):
             await w.xadd(key, {"e": json.dumps({"type": "assistant", "delta": "tok ", "t": time.perf_counter()})})
             if paced_mode:
                 await asyncio.sleep(interval)

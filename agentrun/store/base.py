@@ -35,6 +35,7 @@ from typing import Any, Self
 
 from agentrun import phases
 
+
 class StoreError(Exception):
     """A store operation failed in a way a retry will not fix (constraint, bad input, bug)."""
 

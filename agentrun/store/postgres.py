@@ -132,7 +132,7 @@ class PostgresStore(base.Store):
             if "closed" in str(exc) or "closing" in str(exc):
                 raise base.Unavailable(f"PostgreSQL connection lost during {operation}: {exc}") from exc
             raise base.StoreError(f"{operation} on PostgreSQL at {self.url} failed: {exc}") from exc
-        except (OSError, asyncio.TimeoutError) as exc:  # ConnectionRefusedError and TimeoutError are OSErrors
+        except (TimeoutError, OSError) as exc:  # ConnectionRefusedError and TimeoutError are OSErrors
             raise base.Unavailable(
                 f"cannot reach PostgreSQL at {self.url} during {operation}: {type(exc).__name__}: {exc}"
             ) from exc

@@ -19,9 +19,8 @@ RESOURCE = ("agentrun.io", "v1alpha1", "agentruns")
 
 
 @kopf.on.create(*RESOURCE)
-async def dispatch_run(
-    body: kopf.Body, memo: kopf.Memo, pool_queues: kopf.Index[tuple[str, str], str], **_: Any
-) -> None:
+async def dispatch_run(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    pool_queues: kopf.Index[tuple[str, str], str] = kwargs["pool_queues"]
     await dispatching.dispatch(
         api=memo.api,
         dramatiq_broker=memo.broker,
@@ -32,7 +31,7 @@ async def dispatch_run(
 
 
 @kopf.on.field(*RESOURCE, field="spec.stop", value=True)
-async def stop_run(body: kopf.Body, uid: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+async def stop_run(*, body: kopf.Body, uid: str, status: kopf.Status, memo: Any, **_: Any) -> None:
     """``spec.stop: true`` becomes a durable stop request the worker honours, even later."""
     if phases.is_terminal(status.get("phase")):
         return

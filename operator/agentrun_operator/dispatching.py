@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+
 import dramatiq
 import kopf
 import lightkube
@@ -66,7 +67,7 @@ async def dispatch(
         queue = resolve_queue(pools, namespace, pool)
     except PoolMissing:
         if age_seconds(meta) < pool_wait_seconds:
-            raise kopf.TemporaryError(f"waiting for WorkerPool {pool!r}", delay=1)
+            raise kopf.TemporaryError(f"waiting for WorkerPool {pool!r}", delay=1) from None
         reason, text = "WorkerPoolNotFound", f'WorkerPool "{pool}" not found in namespace "{namespace}"'
         await kube.transition(
             api, namespace, name, phases.Phase.FAILED, attempt=int(status.get("attempt") or 1), uid=uid,

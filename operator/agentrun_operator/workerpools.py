@@ -15,14 +15,16 @@ from agentrun import message
 
 
 @kopf.index("agentrun.io", "v1alpha1", "workerpools")
-def pool_queues(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str]:
+def pool_queues(*, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str], str]:
+    assert namespace is not None  # WorkerPools are namespaced
     return {(namespace, name): message.queue_name(namespace, name)}
 
 
 @kopf.on.resume("agentrun.io", "v1alpha1", "workerpools")
 @kopf.on.create("agentrun.io", "v1alpha1", "workerpools")
 async def report_queue(
-    namespace: str, name: str, meta: kopf.Meta, patch: kopf.Patch, **_: Any
+    *, namespace: str | None, name: str, meta: kopf.Meta, patch: kopf.Patch, **_: Any
 ) -> None:
+    assert namespace is not None
     patch.status["queue"] = message.queue_name(namespace, name)
     patch.status["observedGeneration"] = meta.get("generation")

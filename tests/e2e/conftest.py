@@ -17,9 +17,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, redis_url: str,
         postgres_dsn: str) -> Iterator[harness.Bed]:
-    from agentrun import emulator, store
-
     import asyncio
+
+    from agentrun import emulator, store
 
     asyncio.run(store.migrate_url(postgres_dsn))
     crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-
 from agentrun_worker.leases import Lease
 
 

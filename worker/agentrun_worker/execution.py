@@ -186,7 +186,7 @@ class Execution:
                     if kube.is_not_found(exc):
                         raise InputError(f'{resource.__name__} "{name}" not found') from exc
                     raise
-                data = obj.data or {}
+                data = getattr(obj, "data", None) or {}
                 if key not in data:
                     raise InputError(f'key "{key}" not found in {resource.__name__} "{name}"')
                 value = data[key]
@@ -279,11 +279,11 @@ class Execution:
                 await self._finish(phases.Phase.FAILED, "DeadlineExceeded",
                                    f"the run exceeded timeoutSeconds={timeout}", outcome=loop.outcome)
             return
-        exc = task.exception()
-        if exc is not None:
-            reason = getattr(exc, "reason", "AgentError")
-            text = str(exc) or type(exc).__name__
-            logger.warning("run.agent_failed", reason=reason, error=text, exc_info=exc)
+        error = task.exception()
+        if error is not None:
+            reason = getattr(error, "reason", "AgentError")
+            text = str(error) or type(error).__name__
+            logger.warning("run.agent_failed", reason=reason, error=text, exc_info=error)
             await self._finish(phases.Phase.FAILED, reason, text, outcome=loop.outcome)
             return
         outcome = task.result()

@@ -55,4 +55,4 @@ class StopWatch:
                 await self._task
         with contextlib.suppress(Exception):
             await self._pubsub.unsubscribe()
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
