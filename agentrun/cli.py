@@ -105,33 +105,112 @@ def _redis_url_or_exit(config: settings.Settings) -> str:
     return config.redis_url
 
 
+# -- cluster access --------------------------------------------------------------------------------
+
+KubeconfigOpt = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG", help="Path to a kubeconfig.")
+ContextOpt = typer.Option(None, "--context", help="The kubeconfig context to use.")
+NamespaceOpt = typer.Option("default", "--namespace", "-n", help="Namespace of the AgentRun.")
+OutputOpt = typer.Option("table", "--output", "-o", help="table, json or yaml.")
+
+
+def _cluster(coro_fn: Any, kubeconfig: str | None, context: str | None) -> Any:
+    """Run ``coro_fn(api)`` with a client; turn unreachable clusters into a message, not a trace."""
+
+    async def run() -> Any:
+        api = kube.client(kubeconfig, context=context)
+        try:
+            return await coro_fn(api)
+        finally:
+            await api.close()
+
+    try:
+        return asyncio.run(run())
+    except kube.ApiError as exc:
+        err.print(f"[red]{exc.status.message or exc}[/red]")
+        raise typer.Exit(1) from exc
+    except (OSError, ConnectionError) as exc:
+        err.print(f"[red]cannot reach the Kubernetes API:[/red] {exc}\n"
+                  "Is KUBECONFIG right? Locally, start `agentrun dev` and export what it prints.")
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # httpx2 wraps connection failures in its own types
+        if type(exc).__name__ in {"ConnectError", "ConnectTimeout", "ReadTimeout"}:
+            err.print(f"[red]cannot reach the Kubernetes API:[/red] {exc}\n"
+                      "Is KUBECONFIG right? Locally, start `agentrun dev` and export what it prints.")
+            raise typer.Exit(2) from exc
+        raise
+
+
+def _age(created: str | None) -> str:
+    if not created:
+        return "-"
+    import datetime
+
+    then = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+COLUMNS = ("NAME", "PHASE", "MODEL", "POOL", "ITERATIONS", "AGE", "REASON")
+
+
+def _row(obj: dict[str, Any]) -> tuple[str, ...]:
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
+    return (
+        meta.get("name", ""),
+        status.get("phase", "Pending"),
+        (spec.get("agent") or {}).get("model")
+        or (spec.get("agentRef") or spec.get("workflowRef") or {}).get("name", ""),
+        spec.get("workerPool", "default"),
+        str(status.get("iterations", 0)),
+        _age(meta.get("creationTimestamp")),
+        status.get("reason") or "",
+    )
+
+
+def _print_objects(objs: list[dict[str, Any]], output: str) -> None:
+    import json
+
+    # Machine-readable output bypasses rich: it must never be wrapped or styled.
+    if output == "json":
+        typer.echo(json.dumps(objs[0] if len(objs) == 1 else {"items": objs}, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump(objs[0] if len(objs) == 1 else {"items": objs}, sort_keys=False), nl=False)
+    elif output == "table":
+        import rich.table
+
+        table = rich.table.Table(box=None, pad_edge=False, header_style="bold")
+        for column in COLUMNS:
+            table.add_column(column)
+        for obj in objs:
+            table.add_row(*_row(obj))
+        out.print(table)
+    else:
+        raise typer.BadParameter(f"unknown output {output!r}: use table, json or yaml", param_hint="-o")
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 
 @app.command()
 def logs(
     name: str = typer.Argument(..., help="The AgentRun's name."),
-    namespace: str = typer.Option("default", "--namespace", "-n", help="Namespace of the AgentRun."),
+    namespace: str = NamespaceOpt,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run ends."),
     since_id: str = typer.Option(streams.START, "--since-id", help="Resume after this stream entry id."),
-    kubeconfig: str | None = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG", help="Path to a kubeconfig."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
 ) -> None:
     """Print a run's stream; with -f follow it live until the run ends."""
     config = settings.load()
     redis_url = _redis_url_or_exit(config)
 
-    async def run() -> None:
-        api = kube.client(kubeconfig)
-        try:
-            await _follow_run(api, redis_url, namespace, name, follow=follow, last_id=since_id, console=out)
-        finally:
-            await api.close()
+    async def run(api: Any) -> None:
+        await _follow_run(api, redis_url, namespace, name, follow=follow, last_id=since_id, console=out)
 
-    try:
-        asyncio.run(run())
-    except OSError as exc:
-        err.print(f"[red]cannot reach the cluster or Redis:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    _cluster(run, kubeconfig, context)
 
 
 @app.command()
@@ -226,6 +305,140 @@ def demo(
 
         phase = asyncio.run(asyncio.wait_for(run(), timeout))
     raise typer.Exit(0 if phase == phases.Phase.SUCCEEDED else 1)
+
+
+@app.command()
+def submit(
+    file: pathlib.Path = typer.Option(..., "--file", "-f", help="AgentRun manifest (YAML; several documents allowed)."),
+    namespace: str | None = typer.Option(
+        None, "--namespace", "-n", help="Namespace (default: the manifest's, else default)."
+    ),
+    follow: bool = typer.Option(False, "--follow", help="Stream the run until it ends (one AgentRun only)."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+) -> None:
+    """Create AgentRuns from a file; refuses a bad manifest before sending it, naming the field."""
+    from agentrun import schema
+
+    docs = [d for d in yaml.safe_load_all(file.read_text()) if d]
+    crd = schema.crd_for("AgentRun")
+    for doc in docs:
+        if doc.get("kind") != "AgentRun":
+            raise typer.BadParameter(f"{file}: only AgentRun documents can be submitted, not {doc.get('kind')!r}")
+        doc.setdefault("metadata", {})
+        doc["metadata"]["namespace"] = namespace or doc["metadata"].get("namespace") or "default"
+        errors = schema.validate(crd, schema.apply_defaults(crd, doc))
+        if errors:
+            err.print(f"[red]{schema.format_errors('AgentRun', doc['metadata'].get('name', ''), errors)}[/red]")
+            raise typer.Exit(1)
+    if follow and len(docs) != 1:
+        raise typer.BadParameter("--follow needs exactly one AgentRun in the file")
+
+    async def create(api: Any) -> list[dict[str, Any]]:
+        import lightkube.codecs
+
+        created = []
+        for doc in docs:
+            obj = kube.to_dict(await api.create(lightkube.codecs.from_dict(doc)))
+            out.print(f"agentrun.agentrun.io/{obj['metadata']['name']} created")
+            created.append(obj)
+        return created
+
+    created = _cluster(create, kubeconfig, context)
+    if follow:
+        meta = created[0]["metadata"]
+        logs(meta["name"], namespace=meta["namespace"], follow=True, since_id=streams.START,
+             kubeconfig=kubeconfig, context=context)
+
+
+@app.command("get")
+def get_run(
+    name: str = typer.Argument(..., help="The AgentRun's name."),
+    namespace: str = NamespaceOpt,
+    output: str = OutputOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+) -> None:
+    """Show one AgentRun."""
+
+    async def get(api: Any) -> dict[str, Any]:
+        try:
+            return kube.to_dict(await api.get(kube.AgentRun, name, namespace=namespace))
+        except kube.ApiError as exc:
+            if kube.is_not_found(exc):
+                err.print(f'[red]AgentRun "{name}" not found in namespace "{namespace}"[/red]')
+                raise typer.Exit(1) from exc
+            raise
+
+    _print_objects([_cluster(get, kubeconfig, context)], output)
+
+
+@app.command("list")
+def list_runs(
+    namespace: str = NamespaceOpt,
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Runs of every namespace."),
+    phase: str | None = typer.Option(None, "--phase", help="Only runs in this phase."),
+    output: str = OutputOpt,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Keep printing changes (one line each)."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+) -> None:
+    """List AgentRuns (like kubectl get ar)."""
+    ns = None if all_namespaces else namespace
+
+    def wanted(obj: dict[str, Any]) -> bool:
+        return phase is None or (obj.get("status") or {}).get("phase", "Pending") == phase
+
+    async def fetch(api: Any) -> list[dict[str, Any]]:
+        return [kube.to_dict(o) async for o in api.list(kube.AgentRun, namespace=ns or "*")]
+
+    objs = [o for o in _cluster(fetch, kubeconfig, context) if wanted(o)]
+    _print_objects(objs, output) if objs or output != "table" else out.print("No AgentRuns found.")
+    if not watch:
+        return
+
+    async def follow_changes(api: Any) -> None:
+        async for _kind, obj in api.watch(kube.AgentRun, namespace=ns or "*"):
+            data = kube.to_dict(obj)
+            if wanted(data):
+                if output == "table":
+                    out.print("   ".join(_row(data)), soft_wrap=True)
+                else:
+                    _print_objects([data], output)
+
+    try:
+        _cluster(follow_changes, kubeconfig, context)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def stop(
+    name: str = typer.Argument(..., help="The AgentRun's name."),
+    namespace: str = NamespaceOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+) -> None:
+    """Stop a run gracefully (sets spec.stop; a run that has not started yet never will)."""
+    import lightkube.types
+
+    async def request(api: Any) -> dict[str, Any]:
+        try:
+            obj = kube.to_dict(await api.patch(kube.AgentRun, name, {"spec": {"stop": True}}, namespace=namespace,
+                                               patch_type=lightkube.types.PatchType.MERGE))
+        except kube.ApiError as exc:
+            if kube.is_not_found(exc):
+                err.print(f'[red]AgentRun "{name}" not found in namespace "{namespace}"[/red]')
+                raise typer.Exit(1) from exc
+            raise
+        return obj
+
+    obj = _cluster(request, kubeconfig, context)
+    phase = (obj.get("status") or {}).get("phase", "Pending")
+    if phases.is_terminal(phase):
+        out.print(f"agentrun.agentrun.io/{name} already ended: {phase}")
+    else:
+        out.print(f"agentrun.agentrun.io/{name} stop requested (phase {phase})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,8 +31,11 @@ ApiError = lightkube.core.exceptions.ApiError
 _MAX_CONFLICT_RETRIES = 20
 
 
-def client(kubeconfig: str | None = None, *, timeout: float = 10.0) -> lightkube.AsyncClient:
-    """An async client from ``kubeconfig`` (a path), else ``KUBECONFIG``/in-cluster config."""
+def client(
+    kubeconfig: str | None = None, *, context: str | None = None, timeout: float = 10.0
+) -> lightkube.AsyncClient:
+    """An async client from ``kubeconfig`` (a path), else ``KUBECONFIG``/in-cluster config;
+    ``context`` picks a kubeconfig context as ``kubectl --context`` does."""
     import httpx2  # lightkube's HTTP layer
 
     config = (
@@ -40,7 +43,10 @@ def client(kubeconfig: str | None = None, *, timeout: float = 10.0) -> lightkube
         if kubeconfig
         else lightkube.config.kubeconfig.KubeConfig.from_env()
     )
-    return lightkube.AsyncClient(config=config, timeout=httpx2.Timeout(timeout), field_manager="agentrun")
+    single = config.get(context_name=context) if context else None
+    return lightkube.AsyncClient(
+        config=single or config, timeout=httpx2.Timeout(timeout), field_manager="agentrun"
+    )
 
 
 def now() -> str:
