@@ -117,7 +117,7 @@ def _cluster(coro_fn: Any, kubeconfig: str | None, context: str | None) -> Any:
     """Run ``coro_fn(api)`` with a client; turn unreachable clusters into a message, not a trace."""
 
     async def run() -> Any:
-        api = kube.client(kubeconfig, context=context)
+        api = kube.client(kubeconfig, context=context, user_agent="agentrun-cli")
         try:
             return await coro_fn(api)
         finally:
@@ -286,7 +286,7 @@ def demo(
         redis_url = stack.endpoints.redis_url
 
         async def run() -> str:
-            api = kube.client(str(stack.endpoints.kubeconfig))  # type: ignore[union-attr]
+            api = kube.client(str(stack.endpoints.kubeconfig), user_agent="agentrun-cli")  # type: ignore[union-attr]
             try:
                 await _follow_run(api, redis_url, namespace, name, follow=True, last_id=streams.START, console=out)
                 for _ in range(100):  # the terminal event follows the resource's final phase

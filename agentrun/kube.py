@@ -18,6 +18,7 @@ import lightkube.core.exceptions
 import lightkube.generic_resource
 import lightkube.types
 
+import agentrun
 from agentrun import phases
 
 GROUP = "agentrun.io"
@@ -32,10 +33,16 @@ _MAX_CONFLICT_RETRIES = 20
 
 
 def client(
-    kubeconfig: str | None = None, *, context: str | None = None, timeout: float = 10.0
+    kubeconfig: str | None = None,
+    *,
+    context: str | None = None,
+    timeout: float = 10.0,
+    user_agent: str = "agentrun",
 ) -> lightkube.AsyncClient:
     """An async client from ``kubeconfig`` (a path), else ``KUBECONFIG``/in-cluster config;
-    ``context`` picks a kubeconfig context as ``kubectl --context`` does."""
+    ``context`` picks a kubeconfig context as ``kubectl --context`` does. ``user_agent``
+    names the calling component (``agentrun-operator``, ``agentrun-worker``…) in the API
+    server's audit log, as client-go programs do."""
     import httpx2  # lightkube's HTTP layer
 
     config = (
@@ -44,9 +51,10 @@ def client(
         else lightkube.config.kubeconfig.KubeConfig.from_env()
     )
     single = config.get(context_name=context) if context else None
-    return lightkube.AsyncClient(
-        config=single or config, timeout=httpx2.Timeout(timeout), field_manager="agentrun"
-    )
+    api = lightkube.AsyncClient(config=single or config, timeout=httpx2.Timeout(timeout), field_manager="agentrun")
+    # lightkube has no user-agent option; its httpx client is built eagerly and keeps headers.
+    api._client._client.headers["User-Agent"] = f"{user_agent}/{agentrun.__version__}"
+    return api
 
 
 def now() -> str:
