@@ -236,6 +236,17 @@ def _wait_forever() -> None:
 
 
 @app.command()
+def gateway(
+    host: str | None = typer.Option(None, help="Address to listen on (default AGENTRUN_GATEWAY_HOST)."),
+    port: int | None = typer.Option(None, help="Port to listen on (default AGENTRUN_GATEWAY_PORT)."),
+) -> None:
+    """Serve the HTTP gateway: runs, SSE streams of their events, stop; JWT-authenticated."""
+    from agentrun.gateway import app as gateway_app
+
+    gateway_app.serve(host=host, port=port)
+
+
+@app.command()
 def dev(
     api_port: int = typer.Option(8001, help="Port of the Kubernetes API emulator."),
     redis_port: int = typer.Option(6390, help="Port of the embedded Redis (when AGENTRUN_REDIS_URL is unset)."),

@@ -1,11 +1,11 @@
-"""Entry point: ``python -m bench {stream,dispatch}``."""
+"""Entry point: ``python -m bench {stream,dispatch,sse,stop}``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("stream", "dispatch")
+BENCHMARKS = ("stream", "dispatch", "sse", "stop")
 
 
 def main() -> int:

@@ -1,0 +1,92 @@
+"""Settings of the gateway process, read from ``AGENTRUN_GATEWAY_*`` environment variables.
+
+Read once by :func:`agentrun.gateway.app.main` (and by whoever builds the app with
+:func:`agentrun.gateway.app.create_app`). The shared URLs (Redis, database) fall back to the
+``AGENTRUN_*`` variables every agentrun process reads, so one environment serves the whole
+system.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTRUN_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    host: str = "0.0.0.0"
+    """Address uvicorn listens on. All interfaces: the gateway runs behind a Service."""
+
+    port: int = 8080
+    """TCP port uvicorn listens on (the chart's Service targets it)."""
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AGENTRUN_GATEWAY_REDIS_URL", "AGENTRUN_REDIS_URL", "redis_url")
+    )
+    """Redis holding the run streams and stop flags. Required."""
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENTRUN_GATEWAY_DATABASE_URL", "AGENTRUN_DATABASE_URL", "database_url"),
+    )
+    """``postgresql://…`` or ``sqlite:///path``: the record of runs and messages, served when a
+    stream has expired and for ``/threads/{id}/messages``. Unset: SQLite under ``.agentrun/``."""
+
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; unset: ``KUBECONFIG`` or the in-cluster service account."""
+
+    jwt_secret: str | None = None
+    """HS256 secret that signs accepted tokens (Supabase's project JWT secret works)."""
+
+    jwks_url: str | None = None
+    """URL of a JWKS with the RS256/ES256 public keys of accepted tokens (fetched and cached)."""
+
+    jwks_file: str | None = None
+    """Path of a JWKS file, for clusters that mount the keys instead of fetching them."""
+
+    jwt_audience: list[str] = ["agentrun"]
+    """Accepted ``aud`` values; a token must carry one. Supabase user tokens carry
+    ``authenticated``. Never empty: a token minted for another service must not work here."""
+
+    jwt_issuer: str | None = None
+    """When set, the ``iss`` a token must carry."""
+
+    namespaces_claim: str = "namespaces"
+    """The claim listing the namespaces a token may see and act in (``"*"``: all)."""
+
+    jwt_leeway_seconds: float = 30.0
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``: 30 s covers unsynchronised nodes
+    without stretching a token's life noticeably."""
+
+    insecure_no_auth: bool = False
+    """Accept requests without a token, with access to every namespace. Only for
+    ``agentrun dev`` on a laptop; logged as a warning at start."""
+
+    heartbeat_seconds: float = 15.0
+    """Idle time after which an SSE stream gets a ``: ping`` comment. 15 s: below the 30-60 s
+    idle timeouts of common proxies and load balancers, rare enough to cost nothing."""
+
+    redis_block_ms: int = 5_000
+    """How long one ``XREAD BLOCK`` waits before the gateway checks whether a silent run
+    ended without a terminal event or lost its stream."""
+
+    redis_max_connections: int = 256
+    """Redis connections one gateway process opens at most. Streams share one reader per run,
+    so this bounds concurrent short commands (and clients that fell behind and read on their
+    own), not the number of connected clients. Redis accepts 10,000 clients by default."""
+
+    redis_pool_timeout_seconds: float = 20.0
+    """How long a request waits for a free Redis connection before it fails with 503."""
+
+    stream_buffer_events: int = 1024
+    """Frames held for one SSE client that reads slower than the run writes. Beyond it the
+    client leaves the run's shared reader and reads Redis on its own from where it is (no
+    loss): a slow client never slows the others down."""
+
+    list_limit: int = 500
+    """Most runs one list request returns."""
+
+
+def load() -> GatewaySettings:
+    return GatewaySettings()

@@ -1,0 +1,179 @@
+"""One Redis reader per run per gateway process, shared by every SSE client of that run.
+
+Created once per app by :func:`agentrun.gateway.app.create_app`; used by
+:mod:`agentrun.gateway.sse`. Without it every connected client holds its own ``XREAD BLOCK``
+(one Redis connection each) and decodes every event itself: a thousand clients on one run
+cost a thousand connections and a thousand reads per token. With it the run's stream is read
+once, each event is decoded and framed once, and the frame is handed to every subscriber.
+
+Resume stays exact. A subscriber registers with the run's reader and learns the reader's
+cursor at that instant (nothing is awaited in between): entries up to that cursor are
+replayed by the subscriber from Redis (``XRANGE`` after its ``Last-Event-ID``), entries after
+it come from the reader. Duplicates are dropped by id. A subscriber that falls behind by more
+than its queue holds, or whose reader stops without a terminal event, is told so and
+continues on its own :func:`agentrun.streams.follow` from the last id it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from agentrun import streams
+
+logger = structlog.get_logger(__name__)
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """A stream entry as delivered: its id (and its sort key), the event and its SSE frame."""
+
+    id: str
+    key: tuple[int, int]
+    event: dict[str, Any]
+    frame: bytes
+    terminal: bool
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a comparable pair (``"1700000000000-3"`` → ``(1700000000000, 3)``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Subscription:
+    """One client's place at a run's shared reader.
+
+    It starts buffering what the reader delivers while the client replays older entries from
+    Redis; :meth:`go_live` then sends the buffer and from there on the reader puts frames
+    straight into the client's queue (one hop, no task switch per client). ``stopped``
+    resolves when the reader will put no more: True after the terminal event, False when the
+    reader stopped early or the client fell behind (its queue was full).
+    """
+
+    def __init__(self, start: str, out: asyncio.Queue[bytes | None], cursor: str, *, buffer_max: int) -> None:
+        self.start = start
+        """The reader's position when this subscription began: replay up to it from Redis."""
+        self.out = out
+        self.cursor = cursor
+        """The last entry id put into ``out``."""
+        self._cursor_key = entry_key(cursor)
+        self._buffer: list[Item] | None = []
+        self._buffer_max = buffer_max
+        self.stopped: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def advance(self, entry_id: str) -> None:
+        """Record that the client sent ``entry_id`` itself (during the replay)."""
+        self.cursor, self._cursor_key = entry_id, entry_key(entry_id)
+
+    def offer(self, item: Item) -> bool:
+        """Take an entry from the reader; False once this subscription wants no more."""
+        if self.stopped.done():
+            return False
+        if self._buffer is not None:
+            self._buffer.append(item)
+            if len(self._buffer) > self._buffer_max:
+                self._stop(False)
+                return False
+            return True
+        return self._deliver(item)
+
+    def go_live(self) -> None:
+        """The replay is done: send what was buffered, then take entries as they come."""
+        buffered, self._buffer = self._buffer or [], None
+        for item in buffered:
+            if not self._deliver(item):
+                return
+
+    def end(self) -> None:
+        self._stop(False)
+
+    def _deliver(self, item: Item) -> bool:
+        if item.key <= self._cursor_key:
+            return True  # already sent by the replay
+        try:
+            self.out.put_nowait(item.frame)
+        except asyncio.QueueFull:
+            self._stop(False)
+            return False
+        self.cursor, self._cursor_key = item.id, item.key
+        if item.terminal:
+            self._stop(True)
+            return False
+        return True
+
+    def _stop(self, terminal: bool) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(terminal)
+
+
+@dataclasses.dataclass
+class _Reader:
+    cursor: str
+    on_idle: Callable[[], Awaitable[bool]]
+    subscribers: set[Subscription] = dataclasses.field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+
+class Hub:
+    """The shared readers of one gateway process, one per run being watched."""
+
+    def __init__(self, redis: aioredis.Redis, *, encode: Callable[[str, dict[str, Any]], bytes],
+                 block_ms: int = 5_000, queue_size: int = 4096) -> None:
+        self._redis = redis
+        self._encode = encode
+        self._block_ms = block_ms
+        self._queue_size = queue_size
+        self._readers: dict[str, _Reader] = {}
+
+    def subscribe(self, uid: str, last_id: str, on_idle: Callable[[], Awaitable[bool]],
+                  out: asyncio.Queue[bytes | None]) -> Subscription:
+        """Join the run's reader (starting it at ``last_id`` if there is none); frames go to ``out``."""
+        reader = self._readers.get(uid)
+        if reader is None:
+            reader = _Reader(cursor=last_id, on_idle=on_idle)
+            self._readers[uid] = reader
+            reader.task = asyncio.get_running_loop().create_task(self._read(uid, reader))
+        subscription = Subscription(reader.cursor, out, last_id, buffer_max=self._queue_size)
+        reader.subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, uid: str, subscription: Subscription) -> None:
+        reader = self._readers.get(uid)
+        if reader is not None:
+            reader.subscribers.discard(subscription)
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._readers.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, uid: str, reader: _Reader) -> None:
+        async def still_wanted() -> bool:
+            return bool(reader.subscribers) and await reader.on_idle()
+
+        try:
+            async for entry_id, event in streams.follow(self._redis, uid, last_id=reader.cursor,
+                                                        block_ms=self._block_ms, on_idle=still_wanted):
+                reader.cursor = entry_id
+                item = Item(entry_id, entry_key(entry_id), event, self._encode(entry_id, event),
+                            streams.is_terminal(event))
+                for subscription in list(reader.subscribers):
+                    if not subscription.offer(item):
+                        reader.subscribers.discard(subscription)
+                if not reader.subscribers:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("gateway.reader_failed", run_id=uid, exc_info=True)
+        finally:
+            if self._readers.get(uid) is reader:
+                del self._readers[uid]
+            for subscription in reader.subscribers:
+                subscription.end()

@@ -1,0 +1,41 @@
+"""``agentrun gateway`` (the command the chart runs) serves, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import sys
+
+import httpx
+
+from tests.e2e import harness
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+def test_the_gateway_command_serves_health_and_stops_on_sigterm(tmp_path: pathlib.Path, redis_url: str) -> None:
+    from agentrun import emulator
+
+    port = harness.free_port()
+    with emulator.EmulatorServer() as server:
+        env = dict(os.environ, KUBECONFIG=str(server.write_kubeconfig(tmp_path / "kubeconfig")),
+                   AGENTRUN_REDIS_URL=redis_url, AGENTRUN_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
+                   AGENTRUN_GATEWAY_INSECURE_NO_AUTH="true")
+        proc = harness.Proc("gateway", [str(BIN / "agentrun"), "gateway", "--port", str(port)], env, tmp_path).start()
+        try:
+            def healthy() -> bool:
+                assert proc.alive(), proc.output()
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            harness.wait_until(healthy, 30, "the gateway to answer /healthz", 0.1)
+            assert proc.popen is not None
+            proc.popen.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why
+            assert proc.popen.wait(20) in (0, -signal.SIGTERM), proc.output()
+            assert "Finished server process" in proc.output()
+        finally:
+            proc.stop()
