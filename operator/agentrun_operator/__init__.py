@@ -1,8 +1,9 @@
 """The kopf operator of agentrun: ``kopf run -m agentrun_operator``.
 
 Importing this package registers every handler: ``startup`` builds the clients into kopf's
-memo, ``workerpools`` indexes pools and reports their queue, ``agentruns`` dispatches runs
-and forwards stop requests.
+memo and starts the recovery scan, the autoscaler and ``/metrics``; ``workerpools`` indexes
+pools and keeps their Deployments; ``agentruns`` dispatches runs, forwards stop requests and
+indexes runs for the scan and the metrics.
 """
 
 from agentrun_operator import agentruns, startup, workerpools

@@ -1,4 +1,7 @@
-"""AgentRun handlers: dispatch new runs and forward stop requests.
+"""AgentRun handlers: dispatch new runs, forward stop requests, index live runs.
+
+The ``run_views`` index feeds the recovery scan (:mod:`agentrun_operator.scanning`);
+``run_phases`` and the event handler feed the metrics (:mod:`agentrun_operator.metrics`).
 
 Handlers stay small: they read the body, call a service module and let kopf record progress.
 """
@@ -11,23 +14,49 @@ import kopf
 import structlog
 
 from agentrun import control, phases
-from agentrun_operator import dispatching
+from agentrun_operator import dispatching, metrics, scanning
 
 logger = structlog.get_logger(__name__)
 
 RESOURCE = ("agentrun.io", "v1alpha1", "agentruns")
 
 
+@kopf.index(*RESOURCE)
+def run_views(*, body: kopf.Body, **_: Any) -> dict[str, scanning.RunView] | None:
+    """Every non-terminal run by uid, kept current from the watch stream for the scan."""
+    found = scanning.view(body)
+    return None if found is None else {found.uid: found}
+
+
+@kopf.index(*RESOURCE)
+def run_phases(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str, str, str], str] | None:
+    """Every run by ``(namespace, pool, phase)``: the gauges of ``/metrics`` are its sizes."""
+    key = metrics.phase_key(body)
+    return None if key is None or uid is None else {key: uid}
+
+
+@kopf.on.event(*RESOURCE)
+def observe_run(*, type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002  (kopf's kwarg)
+    """Count finished runs and dispatch latency (event handlers store nothing on the object)."""
+    metrics.TRACKER.observe(type, body)
+
+
 @kopf.on.create(*RESOURCE)
 async def dispatch_run(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     pool_queues: kopf.Index[tuple[str, str], str] = kwargs["pool_queues"]
-    await dispatching.dispatch(
-        api=memo.api,
-        dramatiq_broker=memo.broker,
-        pools=pool_queues,
-        body=body,
-        pool_wait_seconds=memo.config.pool_wait_seconds,
-    )
+    try:
+        await dispatching.dispatch(
+            api=memo.api,
+            dramatiq_broker=memo.broker,
+            pools=pool_queues,
+            body=body,
+            pool_wait_seconds=memo.config.pool_wait_seconds,
+        )
+    except kopf.TemporaryError:
+        raise  # waiting for a WorkerPool is not an error
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels("dispatch").inc()
+        raise
 
 
 @kopf.on.field(*RESOURCE, field="spec.stop", value=True)

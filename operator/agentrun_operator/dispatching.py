@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from typing import Any
 
 import dramatiq
 import kopf
@@ -98,17 +99,36 @@ async def dispatch(
         if marked is None:
             return  # someone else moved it on in the meantime
 
-    payload = message.RunMessage(
-        uid=uid,
-        namespace=namespace,
-        name=name,
-        generation=int(meta.get("generation") or 1),
-        attempt=attempt,
-        thread_id=thread_id,
-        queued_at=queued_at,
-        spec=dict(spec),
+    message_id = await publish(
+        dramatiq_broker, queue, uid=uid, namespace=namespace, name=name,
+        generation=int(meta.get("generation") or 1), attempt=attempt, thread_id=thread_id,
+        queued_at=queued_at, spec=dict(spec),
     )
-    message_id = await asyncio.to_thread(broker.enqueue, dramatiq_broker, payload, queue)
     kopf.info(body, reason="Queued", message=f"attempt {attempt} queued on {queue}")
     log.info("run.queued", queue=queue, attempt=attempt, message_id=message_id)
+
+
+async def publish(
+    dramatiq_broker: dramatiq.Broker,
+    queue: str,
+    *,
+    uid: str,
+    namespace: str,
+    name: str,
+    generation: int,
+    attempt: int,
+    thread_id: str,
+    queued_at: str,
+    spec: dict[str, Any],
+) -> str:
+    """Publish the run's message for ``attempt`` (id from ``(uid, attempt)``); the message id.
+
+    Also used by the recovery scan to re-queue a run after a lost worker or a lost message.
+    Publishing blocks until the broker confirms, so it runs in a thread.
+    """
+    payload = message.RunMessage(
+        uid=uid, namespace=namespace, name=name, generation=generation, attempt=attempt,
+        thread_id=thread_id, queued_at=queued_at, spec=spec,
+    )
+    return await asyncio.to_thread(broker.enqueue, dramatiq_broker, payload, queue)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 
 import dramatiq
@@ -15,11 +16,17 @@ import kopf
 
 import agentrun_operator  # noqa: F401  (registers the handlers)
 from agentrun import settings
+from agentrun_operator import config as operator_config
 
 
 class OperatorThread:
     def __init__(self, config: settings.Settings, broker: dramatiq.Broker) -> None:
-        self._memo = kopf.Memo(config=config, broker=broker, broker_shared=True)
+        # No /metrics in the dev stack unless asked for (AGENTRUN_METRICS_PORT): a fixed port
+        # would clash between two dev stacks on one machine.
+        op = operator_config.load()
+        if "AGENTRUN_METRICS_PORT" not in os.environ:
+            op = op.model_copy(update={"metrics_port": 0})
+        self._memo = kopf.Memo(config=config, broker=broker, broker_shared=True, operator_config=op)
         self._ready = threading.Event()
         self._stop: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,20 +1,28 @@
 """Operator start-up and clean-up: settings, kopf configuration and clients in ``memo``.
 
-kopf calls these before any resource handler. ``memo.config`` (settings), ``memo.broker``
-(Dramatiq broker; publishing blocks, so callers use a thread), ``memo.redis`` (stop
-requests) and ``memo.api`` (lightkube client for compare-and-swap status writes).
+kopf calls these before any resource handler. ``memo.config`` (settings), ``memo.operator_config``
+(the operator's own settings), ``memo.broker`` (Dramatiq broker; publishing blocks, so callers
+use a thread), ``memo.redis`` (stop requests, lease checks), ``memo.api`` (lightkube client for
+compare-and-swap status writes), ``memo.store`` (the database, for runs the operator ends
+itself), ``memo.metrics_server`` (``/metrics``), and the two background tasks cancelled on
+clean-up: ``memo.scan_task``, the recovery scan (:mod:`agentrun_operator.scanning`), and
+``memo.autoscale_task``, the WorkerPool autoscaler (:mod:`agentrun_operator.scaling`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import kopf
 import redis.asyncio as aioredis
 import structlog
 
-from agentrun import broker, kube, log
+from agentrun import broker, kube, log, store
 from agentrun import settings as agentrun_settings
+from agentrun_operator import config as operator_config
+from agentrun_operator import metrics, scaling, scanning
 
 logger = structlog.get_logger(__name__)
 
@@ -38,7 +46,11 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    run_views: kopf.Index[str, scanning.RunView] = kwargs["run_views"]
+    run_phases: kopf.Index[tuple[str, str, str], str] = kwargs["run_phases"]
+    pool_specs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pool_specs"]
+    pool_deployments: kopf.Index[tuple[str, str], tuple[int, int, int]] = kwargs["pool_deployments"]
     config = getattr(memo, "config", None) or agentrun_settings.load()
     if not getattr(memo, "broker_shared", False):
         log.configure(config.log_level, config.log_format)
@@ -47,16 +59,48 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     if getattr(memo, "broker", None) is None:
         memo.broker = broker.make_broker(config)
     memo.redis = aioredis.Redis.from_url(config.redis_url) if config.redis_url else None
-    memo.api = kube.client()
+    memo.api = kube.client(user_agent="agentrun-operator")
+    memo.operator_config = getattr(memo, "operator_config", None) or operator_config.load()
+    memo.store = None
+    if config.database_url:
+        memo.store = store.open_store(config.database_url)
+        await memo.store.connect()
+    memo.metrics_server = None
+    if memo.operator_config.metrics_port:
+        memo.metrics_server = metrics.serve(memo.operator_config.metrics_port, run_phases)
+    autoscaler = scaling.Autoscaler(api=memo.api, pools=pool_specs, run_phases=run_phases,
+                                    pool_deployments=pool_deployments, op=memo.operator_config)
+    memo.autoscale_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="agentrun-autoscale")
+    memo.scan_task = None
+    if memo.redis is not None:
+        scanner = scanning.Scanner(
+            runs=run_views, api=memo.api, redis=memo.redis, dramatiq_broker=memo.broker, db=memo.store,
+            settings=config, op=memo.operator_config,
+        )
+        memo.scan_task = asyncio.get_running_loop().create_task(scanner.run_forever(), name="agentrun-scan")
+    else:
+        logger.warning("operator.no_scan", why="no Redis configured (AGENTRUN_REDIS_URL): lost workers go unnoticed")
     logger.info(
         "operator.started",
         broker=log.redact_url(config.broker_url) or "stub",
         redis=log.redact_url(config.redis_url),
+        scan_interval_seconds=memo.operator_config.scan_interval_seconds,
+        metrics_port=memo.operator_config.metrics_port or None,
     )
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    for name in ("scan_task", "autoscale_task"):
+        task = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if getattr(memo, "metrics_server", None) is not None:
+        memo.metrics_server.close()
+    if getattr(memo, "store", None) is not None:
+        await memo.store.close()
     if getattr(memo, "redis", None) is not None:
         await memo.redis.aclose()
     if getattr(memo, "api", None) is not None:

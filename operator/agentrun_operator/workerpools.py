@@ -1,8 +1,12 @@
-"""WorkerPool handlers: an in-memory index of pools and their queues, and the pool status.
+"""WorkerPool handlers: indexes of pools and their Deployments, and the pool's Deployment.
 
-The index (kopf keeps it current from the watch stream) lets the AgentRun dispatcher find a
-run's queue without an API call. The Deployment and autoscaling of a pool are built by the
-scaling part of the operator; this module only tells which queue a pool serves.
+The ``pool_queues`` index lets the AgentRun dispatcher find a run's queue without an API call;
+``pool_specs`` and ``pool_deployments`` feed the autoscaler (:mod:`agentrun_operator.scaling`).
+On create, resume and update the pool's Deployment (built by
+:func:`agentrun_operator.deployments.deployment_for`) is created if absent, or patched if the
+pool owns it; a Deployment of the same name the pool does not own is left alone and reported.
+No deletion handler (so no finalizer): the Deployment's ownerReference lets Kubernetes' garbage
+collector remove it with the pool.
 """
 
 from __future__ import annotations
@@ -10,21 +14,95 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+import lightkube
+import lightkube.codecs
+import lightkube.resources.apps_v1
+import lightkube.types
+import structlog
 
-from agentrun import message
+from agentrun import kube, message
+from agentrun_operator import config, deployments, metrics
+
+logger = structlog.get_logger(__name__)
+
+RESOURCE = ("agentrun.io", "v1alpha1", "workerpools")
+Deployment = lightkube.resources.apps_v1.Deployment
 
 
-@kopf.index("agentrun.io", "v1alpha1", "workerpools")
+@kopf.index(*RESOURCE)
 def pool_queues(*, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str], str]:
     assert namespace is not None  # WorkerPools are namespaced
     return {(namespace, name): message.queue_name(namespace, name)}
 
 
-@kopf.on.resume("agentrun.io", "v1alpha1", "workerpools")
-@kopf.on.create("agentrun.io", "v1alpha1", "workerpools")
-async def report_queue(
-    *, namespace: str | None, name: str, meta: kopf.Meta, patch: kopf.Patch, **_: Any
+@kopf.index(*RESOURCE)
+def pool_specs(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each pool's spec (as the CRD defaulted it), for the autoscaler."""
+    assert namespace is not None
+    return {(namespace, name): dict(spec)}
+
+
+@kopf.index("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": deployments.MANAGED_BY})
+def pool_deployments(*, namespace: str | None, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
+                     **_: Any) -> dict[tuple[str, str], tuple[int, int, int]] | None:
+    """``(spec.replicas, status.replicas, status.readyReplicas)`` of each pool's Deployment."""
+    pool = labels.get(deployments.POOL_LABEL)
+    if namespace is None or pool is None:
+        return None
+    return {(namespace, pool): (int(spec.get("replicas") or 0), int(status.get("replicas") or 0),
+                                int(status.get("readyReplicas") or 0))}
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def reconcile_pool(
+    *, body: kopf.Body, namespace: str | None, name: str, meta: kopf.Meta, patch: kopf.Patch, memo: Any, **_: Any
 ) -> None:
     assert namespace is not None
     patch.status["queue"] = message.queue_name(namespace, name)
     patch.status["observedGeneration"] = meta.get("generation")
+    try:
+        reason, text = await ensure_deployment(memo.api, dict(body), memo.operator_config)
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels("workerpool").inc()
+        raise
+    status = "False" if reason == "DeploymentConflict" else "True"
+    patch.status["conditions"] = kube.set_condition(
+        list(body.status.get("conditions") or []), "DeploymentReconciled", status, reason=reason, message=text,
+        generation=meta.get("generation"),
+    )
+    if status == "False":
+        kopf.warn(body, reason=reason, message=text)
+    else:
+        kopf.info(body, reason=reason, message=text)
+
+
+async def ensure_deployment(
+    api: lightkube.AsyncClient, pool: dict[str, Any], settings: config.OperatorSettings
+) -> tuple[str, str]:
+    """Create the pool's Deployment if absent, else patch it if the pool owns it; (reason, message)."""
+    meta, spec = pool["metadata"], pool.get("spec") or {}
+    mode = (spec.get("autoscaling") or {}).get("mode", "operator")
+    initial = int(spec.get("minReplicas", 1)) if mode == "operator" else None
+    manifest = deployments.deployment_for(pool, settings, replicas=initial)
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    log = logger.bind(namespace=namespace, pool=meta["name"], deployment=name)
+    try:
+        current = kube.to_dict(await api.get(Deployment, name, namespace=namespace))
+    except kube.ApiError as exc:
+        if not kube.is_not_found(exc):
+            raise
+        await api.create(lightkube.codecs.from_dict(manifest))
+        log.info("pool.deployment_created", replicas=initial)
+        return "DeploymentCreated", f"Deployment {name} created"
+    owners = (current.get("metadata") or {}).get("ownerReferences") or []
+    if not any(o.get("uid") == meta["uid"] for o in owners):
+        log.warning("pool.deployment_conflict")
+        return "DeploymentConflict", f"Deployment {name} exists and is not owned by this WorkerPool"
+    # The replica count belongs to the autoscaler (or the HPA / KEDA): never reset it here.
+    body = {"metadata": {"labels": manifest["metadata"]["labels"]},
+            "spec": {k: v for k, v in manifest["spec"].items() if k not in ("replicas", "selector")}}
+    await api.patch(Deployment, name, body, namespace=namespace, patch_type=lightkube.types.PatchType.MERGE)
+    log.info("pool.deployment_updated")
+    return "DeploymentUpdated", f"Deployment {name} up to date"

@@ -54,6 +54,7 @@ class Proc:
         self.env = env
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.popen: subprocess.Popen[bytes] | None = None
+        self.metrics_url: str | None = None
 
     def start(self) -> Proc:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
@@ -117,11 +118,13 @@ class Bed:
 
     # -- processes ----------------------------------------------------------------------------
 
-    def start_operator(self) -> Proc:
+    def start_operator(self, **env: str) -> Proc:
         port = free_port()
+        env.setdefault("AGENTRUN_METRICS_PORT", str(free_port()))
         proc = Proc("operator", [str(BIN / "kopf"), "run", "-m", "agentrun_operator", "--all-namespaces",
                                  "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"],
-                    self.env(), self.log_dir).start()
+                    self.env(**env), self.log_dir).start()
+        proc.metrics_url = f"http://127.0.0.1:{env['AGENTRUN_METRICS_PORT']}/metrics"
         self.procs.append(proc)
 
         def healthy() -> bool:

@@ -1,0 +1,130 @@
+"""The autoscaler of WorkerPools in ``autoscaling.mode: operator``.
+
+One background task (started by ``startup``, cancelled on clean-up) that every
+``autoscale_interval_seconds`` computes each pool's replicas from what the operator knows —
+queued and running runs from the ``run_phases`` index — with
+:func:`agentrun_operator.deployments.desired_replicas`, holds scale-downs for the pool's
+``scaleDownStabilizationSeconds`` (:class:`agentrun_operator.deployments.Stabilizer`), and
+writes the Deployment's ``spec.replicas`` and the pool's status only when a number changes.
+Pools in ``hpa`` or ``keda`` mode only get their status (queued, running) written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import kopf
+import lightkube
+import lightkube.types
+import structlog
+
+from agentrun import kube
+from agentrun_operator import config, deployments, metrics, workerpools
+
+logger = structlog.get_logger(__name__)
+
+
+def backlog(run_phases: kopf.Index[tuple[str, str, str], str], namespace: str, pool: str) -> tuple[int, int]:
+    """``(queued, running)`` runs of a pool, from the index."""
+    queued = sum(len(run_phases.get((namespace, pool, p), [])) for p in metrics.QUEUED_PHASES)
+    running = sum(len(run_phases.get((namespace, pool, p), [])) for p in metrics.RUNNING_PHASES)
+    return queued, running
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        *,
+        api: lightkube.AsyncClient,
+        pools: kopf.Index[tuple[str, str], dict[str, Any]],
+        run_phases: kopf.Index[tuple[str, str, str], str],
+        pool_deployments: kopf.Index[tuple[str, str], tuple[int, int, int]],
+        op: config.OperatorSettings,
+    ) -> None:
+        self._api = api
+        self._pools = pools
+        self._runs = run_phases
+        self._deployments = pool_deployments
+        self._op = op
+        self._stabilizers: dict[tuple[str, str], deployments.Stabilizer] = {}
+        self._applied: dict[tuple[str, str], int] = {}
+        self._reported: dict[tuple[str, str], dict[str, int]] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.pass_once(time.monotonic())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the loop die; the next pass retries
+                metrics.RECONCILE_ERRORS.labels("autoscale").inc()
+                logger.exception("autoscale.failed", error=str(exc))
+            await asyncio.sleep(self._op.autoscale_interval_seconds)
+
+    async def pass_once(self, now: float) -> None:
+        seen: set[tuple[str, str]] = set()
+        for key, found in list(self._pools.items()):
+            for spec in found:
+                seen.add(key)
+                try:
+                    await self._scale(key, spec, now)
+                except Exception as exc:
+                    metrics.RECONCILE_ERRORS.labels("autoscale").inc()
+                    logger.warning("autoscale.pool_failed", namespace=key[0], pool=key[1], error=str(exc))
+        for gone in (set(self._stabilizers) | set(self._reported)) - seen:
+            self._stabilizers.pop(gone, None)
+            self._applied.pop(gone, None)
+            self._reported.pop(gone, None)
+            for gauge in metrics.POOL_GAUGES:
+                try:
+                    gauge.remove(*gone)
+                except KeyError:
+                    pass
+
+    async def _scale(self, key: tuple[str, str], spec: dict[str, Any], now: float) -> None:
+        namespace, pool = key
+        queued, running = backlog(self._runs, namespace, pool)
+        report = {"queued": queued, "running": running}
+        if (spec.get("autoscaling") or {}).get("mode", "operator") == "operator":
+            desired = deployments.desired_replicas(
+                queued, running, runs_per_replica=int(spec.get("runsPerReplica", 8)),
+                min_replicas=int(spec.get("minReplicas", 1)), max_replicas=int(spec.get("maxReplicas", 10)),
+            )
+            window = float(spec.get("scaleDownStabilizationSeconds", 300))
+            stabilizer = self._stabilizers.setdefault(key, deployments.Stabilizer(window))
+            stabilizer.window_seconds = window
+            target = stabilizer.recommend(desired, now)
+            report["desiredReplicas"] = target
+            current = [d[0] for d in self._deployments.get(key, [])]
+            if self._applied.get(key) != target or (current and current[0] != target):
+                if await self._set_replicas(namespace, pool, target):
+                    logger.info("pool.scaled", namespace=namespace, pool=pool, replicas=target, desired=desired,
+                                queued=queued, running=running)
+                    self._applied[key] = target
+        found = list(self._deployments.get(key, []))
+        if found:
+            report["replicas"], report["readyReplicas"] = found[0][1], found[0][2]
+            metrics.POOL_REPLICAS.labels(namespace, pool).set(found[0][1])
+            metrics.POOL_READY_REPLICAS.labels(namespace, pool).set(found[0][2])
+            slots = int(spec.get("processes", 1)) * int(spec.get("threads", 8))
+            metrics.POOL_CAPACITY.labels(namespace, pool).set(found[0][2] * slots)
+        if "desiredReplicas" in report:
+            metrics.POOL_DESIRED_REPLICAS.labels(namespace, pool).set(report["desiredReplicas"])
+        if self._reported.get(key) != report:
+            await self._api.patch(kube.WorkerPool.Status, pool, {"status": report}, namespace=namespace,
+                                  patch_type=lightkube.types.PatchType.MERGE)
+            self._reported[key] = report
+
+    async def _set_replicas(self, namespace: str, pool: str, replicas: int) -> bool:
+        """Patch the Deployment's replicas; False while it does not exist yet."""
+        try:
+            await self._api.patch(workerpools.Deployment, deployments.deployment_name(pool),
+                                  {"spec": {"replicas": replicas}}, namespace=namespace,
+                                  patch_type=lightkube.types.PatchType.MERGE)
+        except kube.ApiError as exc:
+            if kube.is_not_found(exc):
+                return False
+            raise
+        return True

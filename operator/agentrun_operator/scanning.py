@@ -1,0 +1,376 @@
+"""The recovery scan: one background task that finds runs nobody is taking care of.
+
+Started by ``startup`` (one task per operator, cancelled on clean-up), it walks the in-memory
+index of live AgentRuns every ``scan_interval_seconds``. No kopf timers or daemons per run:
+those add a finalizer to every AgentRun, and a finalizer makes a delete hang while the
+operator is down.
+
+What one scan does:
+
+- **Lost workers.** The lease of every ``Running``/``Stopping`` run is checked with one
+  pipelined Redis round trip. A worker takes the lease *before* it writes ``Running`` and
+  releases it only *after* the terminal phase is written, so a live run without a lease has
+  no worker. There is therefore no grace scan: the first scan that sees the lease missing
+  acts. To close the one remaining race (a late redelivery of the same attempt taking the
+  lease between the check and the write) the operator claims the lease itself (``SET NX``)
+  before it re-reads the run and writes, and releases it before it publishes. The run is
+  re-queued as ``attempt + 1`` (a new message id) up to ``spec.maxAttempts``, then ends
+  ``Failed``/``WorkerLost``. A lost run with a pending stop request ends ``Stopped``: the
+  user asked for it to end, and its worker can no longer say so.
+- **Lost messages.** A ``Queued`` run no worker took within ``queued_timeout_seconds`` (from
+  ``status.queuedAt`` or the last re-publish) gets its message published again with the same
+  attempt and id; a duplicate is dropped by the worker's lease and state checks.
+- **Deadlines.** A run still ``Queued`` ``spec.timeoutSeconds`` after its creation ends
+  ``Failed``/``DeadlineExceeded`` (a running run's deadline is enforced by its worker); a lost
+  run past its deadline is not re-queued but ends the same way.
+- **TTL.** A finished run with ``spec.ttlSecondsAfterFinished`` is deleted that long after
+  ``status.finishedAt`` (its database row stays, its Redis keys expire on their own), at the
+  first scan after the TTL: no timer, so no finalizer.
+
+When the operator ends a run itself it writes what a worker would: the database row, then
+the resource, then the terminal ``status`` event on the run's stream (so readers stop
+waiting), and posts an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import time
+from typing import Any
+
+import dramatiq
+import kopf
+import lightkube
+import redis.asyncio as aioredis
+import structlog
+
+from agentrun import keys, kube, message, phases, store, streams
+from agentrun import settings as agentrun_settings
+from agentrun_operator import config, dispatching, eventing, metrics
+
+logger = structlog.get_logger(__name__)
+
+LIVE = frozenset({str(phases.Phase.RUNNING), str(phases.Phase.STOPPING)})
+DEFAULT_MAX_ATTEMPTS = 3
+
+# Release the operator's claim on a lease only if it is still the operator's.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunView:
+    """What the scan needs to know about one AgentRun, kept current by a kopf index."""
+
+    uid: str
+    namespace: str
+    name: str
+    phase: str
+    attempt: int
+    max_attempts: int
+    created_at: str | None
+    queued_at: str | None
+    timeout_seconds: int | None = None
+    finished_at: str | None = None
+    ttl_after_finished: int | None = None
+
+
+def view(body: kopf.Body) -> RunView | None:
+    """The index entry of an AgentRun, or None when the scan has nothing to do with it
+    (not dispatched yet, or finished without a TTL)."""
+    meta, spec, status = body.metadata, body.spec, body.status
+    phase = status.get("phase")
+    ttl = spec.get("ttlSecondsAfterFinished")
+    if not phase or meta.uid is None or meta.namespace is None:
+        return None
+    if phases.is_terminal(phase) and ttl is None:
+        return None
+    timeout = spec.get("timeoutSeconds")
+    return RunView(
+        uid=meta.uid,
+        namespace=meta.namespace,
+        name=meta.name or "",
+        phase=str(phase),
+        attempt=int(status.get("attempt") or 1),
+        max_attempts=int(spec.get("maxAttempts") or DEFAULT_MAX_ATTEMPTS),
+        created_at=meta.get("creationTimestamp"),
+        queued_at=status.get("queuedAt"),
+        timeout_seconds=None if timeout is None else int(timeout),
+        finished_at=status.get("finishedAt"),
+        ttl_after_finished=None if ttl is None else int(ttl),
+    )
+
+
+def past_deadline(v: RunView, now: float) -> bool:
+    created = timestamp(v.created_at)
+    return v.timeout_seconds is not None and created is not None and now - created >= v.timeout_seconds
+
+
+def timestamp(value: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 timestamp (None stays None)."""
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+class Scanner:
+    """The scan loop and what it does to the runs it finds. One per operator process."""
+
+    def __init__(
+        self,
+        *,
+        runs: kopf.Index[str, RunView],
+        api: lightkube.AsyncClient,
+        redis: aioredis.Redis,
+        dramatiq_broker: dramatiq.Broker,
+        db: store.Store | None,
+        settings: agentrun_settings.Settings,
+        op: config.OperatorSettings,
+    ) -> None:
+        self._runs = runs
+        self._api = api
+        self._redis = redis
+        self._broker = dramatiq_broker
+        self._db = db
+        self._settings = settings
+        self._op = op
+        self._claim = f"operator/{settings.instance_id}"
+        self._release = redis.register_script(_RELEASE)
+        self._republished: dict[tuple[str, int], float] = {}
+        self.scans = 0
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.scan_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a scan must never kill the loop; the next one retries
+                metrics.RECONCILE_ERRORS.labels("scan").inc()
+                logger.exception("scan.failed", error=str(exc))
+            await asyncio.sleep(self._op.scan_interval_seconds)
+
+    def _views(self) -> list[RunView]:
+        return [v for _, found in self._runs.items() for v in found]
+
+    async def scan_once(self) -> None:
+        views = self._views()
+        now = time.time()
+        live = [v for v in views if v.phase in LIVE]
+        if live:
+            pipe = self._redis.pipeline(transaction=False)
+            for v in live:
+                pipe.exists(keys.lease(v.uid))
+                pipe.exists(keys.stop(v.uid))
+            found = await pipe.execute()
+            for i, v in enumerate(live):
+                if not found[2 * i]:
+                    await self._guarded("recover", v, self.recover(v, stop_requested=bool(found[2 * i + 1])))
+        for v in views:
+            if phases.is_terminal(v.phase):
+                finished = timestamp(v.finished_at)
+                if v.ttl_after_finished is not None and finished is not None and now - finished >= v.ttl_after_finished:
+                    await self._guarded("delete", v, self.delete(v))
+            elif v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED) and past_deadline(v, now):
+                await self._guarded("deadline", v, self.expire(v))
+            elif v.phase == phases.Phase.QUEUED:
+                since = max(timestamp(v.queued_at) or now, self._republished.get((v.uid, v.attempt), 0.0))
+                if now - since >= self._op.queued_timeout_seconds:
+                    await self._guarded("republish", v, self.republish(v))
+        current = {(v.uid, v.attempt) for v in views}
+        for key in [k for k in self._republished if k not in current]:
+            del self._republished[key]
+        self.scans += 1
+        metrics.SCANS.inc()
+
+    async def _guarded(self, action: str, v: RunView, work: Any) -> None:
+        try:
+            await work
+        except Exception as exc:  # one run's trouble must not stop the scan of the others
+            metrics.RECONCILE_ERRORS.labels(f"scan.{action}").inc()
+            logger.exception("scan.action_failed", action=action, run_id=v.uid, namespace=v.namespace,
+                             name=v.name, error=str(exc))
+
+    async def _get(self, v: RunView) -> dict[str, Any] | None:
+        """The run as the API server has it now, if it is still the object ``v`` describes."""
+        try:
+            obj = kube.to_dict(await self._api.get(kube.AgentRun, v.name, namespace=v.namespace))
+        except kube.ApiError as exc:
+            if kube.is_not_found(exc):
+                return None
+            raise
+        return obj if obj.get("metadata", {}).get("uid") == v.uid else None
+
+    # -- lost workers ---------------------------------------------------------------------------
+
+    async def recover(self, v: RunView, *, stop_requested: bool) -> None:
+        """A live run without a lease: re-queue it, or end it when no attempt is left."""
+        log = logger.bind(run_id=v.uid, namespace=v.namespace, name=v.name, attempt=v.attempt)
+        lease = keys.lease(v.uid)
+        claim_ms = int(self._op.requeue_claim_seconds * 1000)
+        if not await self._redis.set(lease, self._claim, nx=True, px=claim_ms):
+            return  # a worker holds the lease again (a redelivery took the run): nothing is lost
+        requeue: dict[str, Any] | None = None
+        try:
+            obj = await self._get(v)
+            status = (obj or {}).get("status") or {}
+            if obj is None or status.get("phase") not in LIVE or int(status.get("attempt") or 0) != v.attempt:
+                return  # it moved on since the index saw it
+            worker = status.get("workerInstance") or "unknown"
+            if stop_requested:
+                text = f"stopped on request; its worker {worker} was lost before it confirmed the stop"
+                await self.finish(obj, phases.Phase.STOPPED, "StopRequested", text, attempt=v.attempt)
+                metrics.RECOVERIES.labels("WorkerLost", "stopped").inc()
+                log.warning("run.recovered", action="stopped", worker=worker)
+            elif past_deadline(v, time.time()):
+                text = (f"the run exceeded timeoutSeconds={v.timeout_seconds} "
+                        f"(its worker {worker} was lost on attempt {v.attempt})")
+                await self.finish(obj, phases.Phase.FAILED, "DeadlineExceeded", text, attempt=v.attempt)
+                metrics.RECOVERIES.labels("DeadlineExceeded", "failed").inc()
+                log.warning("run.recovered", action="deadline", worker=worker)
+            elif v.attempt >= v.max_attempts:
+                text = (f"the worker was lost on attempt {v.attempt} of {v.max_attempts} "
+                        f"(last worker {worker}); no attempts left")
+                await self.finish(obj, phases.Phase.FAILED, "WorkerLost", text, attempt=v.attempt)
+                metrics.RECOVERIES.labels("WorkerLost", "failed").inc()
+                log.warning("run.recovered", action="failed", worker=worker)
+            else:
+                requeue = await self._mark_requeued(obj, v, worker)
+        finally:
+            await self._release(keys=[lease], args=[self._claim])
+        if requeue is not None:
+            # Published only after the claim is released: the new attempt's worker must be
+            # able to take the lease. The resource already says attempt + 1, so a late
+            # redelivery of the old attempt is dropped as stale.
+            await self._publish(requeue)
+            text = f"worker lost on attempt {v.attempt}; re-queued as attempt {v.attempt + 1} of {v.max_attempts}"
+            await eventing.warn(self._api, requeue, reason="WorkerLost", message=text)
+            metrics.RECOVERIES.labels("WorkerLost", "requeued").inc()
+            log.warning("run.recovered", action="requeued", new_attempt=v.attempt + 1)
+
+    async def _mark_requeued(self, obj: dict[str, Any], v: RunView, worker: str) -> dict[str, Any] | None:
+        text = f"worker {worker} lost on attempt {v.attempt}; re-queued as attempt {v.attempt + 1}"
+        return await kube.transition(
+            self._api, v.namespace, v.name, phases.Phase.QUEUED, attempt=v.attempt + 1, uid=v.uid,
+            fields={
+                "queuedAt": kube.now_precise(),
+                "reason": "WorkerLost",
+                "message": text,
+                "workerInstance": None,
+                "startedAt": None,
+                "lastHeartbeatTime": None,
+            },
+            condition=("Dispatched", "True", "Requeued", text),
+        )
+
+    async def _publish(self, obj: dict[str, Any]) -> str:
+        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+        queue = message.queue_name(meta["namespace"], spec.get("workerPool", "default"))
+        return await dispatching.publish(
+            self._broker, queue, uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
+            generation=int(meta.get("generation") or 1), attempt=int(status["attempt"]),
+            thread_id=status.get("threadId") or spec.get("threadId") or meta["uid"],
+            queued_at=status.get("queuedAt") or kube.now_precise(), spec=dict(spec),
+        )
+
+    # -- lost messages --------------------------------------------------------------------------
+
+    async def republish(self, v: RunView) -> None:
+        """Publish a long-``Queued`` run's message again: same attempt, same message id."""
+        obj = await self._get(v)
+        status = (obj or {}).get("status") or {}
+        if obj is None or status.get("phase") != phases.Phase.QUEUED or int(status.get("attempt") or 0) != v.attempt:
+            return
+        self._republished[(v.uid, v.attempt)] = time.time()
+        message_id = await self._publish(obj)
+        text = (f"no worker took attempt {v.attempt} within {self._op.queued_timeout_seconds:g}s; "
+                "its message was published again")
+        await eventing.warn(self._api, obj, reason="Republished", message=text)
+        metrics.RECOVERIES.labels("MessageLost", "republished").inc()
+        logger.warning("run.republished", run_id=v.uid, namespace=v.namespace, name=v.name,
+                       attempt=v.attempt, message_id=message_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def expire(self, v: RunView) -> None:
+        """A run that never started within ``timeoutSeconds`` ends ``Failed``/``DeadlineExceeded``.
+
+        The lease is claimed first so that no worker starts it while it is being ended; a
+        worker that gets its message later finds it terminal and drops it.
+        """
+        lease = keys.lease(v.uid)
+        if not await self._redis.set(lease, self._claim, nx=True, px=int(self._op.requeue_claim_seconds * 1000)):
+            return  # a worker is starting it right now: its own deadline applies
+        try:
+            obj = await self._get(v)
+            status = (obj or {}).get("status") or {}
+            if obj is None or status.get("phase") not in (phases.Phase.PENDING, phases.Phase.QUEUED):
+                return
+            text = f"no worker started the run within timeoutSeconds={v.timeout_seconds}"
+            await self.finish(obj, phases.Phase.FAILED, "DeadlineExceeded", text,
+                              attempt=int(status.get("attempt") or v.attempt))
+            metrics.RECOVERIES.labels("DeadlineExceeded", "failed").inc()
+            logger.warning("run.deadline_exceeded", run_id=v.uid, namespace=v.namespace, name=v.name)
+        finally:
+            await self._release(keys=[lease], args=[self._claim])
+
+    async def delete(self, v: RunView) -> None:
+        """Delete a finished run whose ``ttlSecondsAfterFinished`` has passed."""
+        if await self._get(v) is None:
+            return  # gone already, or replaced by a new object of the same name
+        try:
+            await self._api.delete(kube.AgentRun, v.name, namespace=v.namespace)
+        except kube.ApiError as exc:
+            if not kube.is_not_found(exc):
+                raise
+        metrics.RUNS_DELETED.inc()
+        logger.info("run.deleted", run_id=v.uid, namespace=v.namespace, name=v.name, why="ttlSecondsAfterFinished",
+                    ttl_seconds=v.ttl_after_finished)
+
+    # -- ending a run the operator's way --------------------------------------------------------
+
+    async def finish(self, obj: dict[str, Any], phase: phases.Phase, reason: str, text: str, *, attempt: int) -> bool:
+        """End a run no worker will end: database, resource, terminal stream event, Event.
+
+        The same order as a worker's: a reader that sees the terminal event can trust the
+        resource, and the database (the record that outlives Redis) is written first.
+        """
+        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+        uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
+        thread_id = status.get("threadId") or spec.get("threadId") or uid
+        if self._db is not None:
+            await self._db.ensure_thread(thread_id, namespace=namespace)
+            await self._db.upsert_run(store.RunRecord(
+                id=uid, namespace=namespace, name=name, thread_id=thread_id, status=str(phases.Phase.QUEUED),
+                attempt=attempt, queued_at=_datetime(status.get("queuedAt")),
+            ))
+            await self._db.transition(uid, str(phase), attempt=attempt, reason=reason, error=text,
+                                      finished_at=datetime.datetime.now(datetime.UTC))
+        moved = await kube.transition(
+            self._api, namespace, name, phase, attempt=attempt, uid=uid,
+            fields={"reason": reason, "message": text, "finishedAt": kube.now_precise()},
+            condition=("Complete", "False", reason, text),
+        )
+        if moved is None:
+            return False
+        writer = streams.StreamWriter(self._redis, uid, maxlen=self._settings.stream_maxlen)
+        writer.emit({"type": streams.STATUS, "status": str(phase).lower(), "reason": reason, "message": text,
+                     "attempt": attempt})
+        await writer.flush()
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (keys.stream(uid), keys.stop(uid)):
+            pipe.expire(key, self._settings.key_ttl_seconds)
+        await pipe.execute()
+        await eventing.warn(self._api, moved, reason=reason, message=text)
+        return True
+
+
+def _datetime(value: str | None) -> datetime.datetime | None:
+    stamp = timestamp(value)
+    return None if stamp is None else datetime.datetime.fromtimestamp(stamp, datetime.UTC)
