@@ -27,10 +27,20 @@ START = "0-0"
 
 # Event types.
 STATUS = "status"
-ASSISTANT = "assistant"  # a chunk of assistant text: {"delta": str, "iteration": int}
-MESSAGE = "message"  # a complete message added to the thread: {"role", "content", "iteration"}
+"""``{"status": "running", "attempt", "receivedAt"}`` when a worker starts an attempt;
+``{"status": "requeued", "reason": "WorkerShutdown", "attempt", "iterations"}`` (not
+terminal) when a stopping worker hands the run back;
+``{"status": "succeeded"|"failed"|"stopped", "reason", "message", "iterations", "usage"}``
+last of all."""
+ASSISTANT = "assistant"
+"""A chunk of assistant text: ``{"delta": str, "iteration": int}``."""
+MESSAGE = "message"
+"""A complete message added to the thread: ``{"role", "content", "iteration"}``."""
 TOOL_CALL = "tool_call"
+"""The model called a tool: ``{"id", "name", "arguments", "iteration"}``."""
 TOOL_RESULT = "tool_result"
+"""What the tool returned, or its error (which the model sees too): ``{"id", "name",
+"content", "error", "iteration"}``."""
 USAGE = "usage"
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "stopped"})

@@ -13,9 +13,10 @@ import dramatiq
 import dramatiq.middleware
 
 from agentrun import message
-from agentrun_worker import execution, middleware, runtime
+from agentrun_worker import execution, middleware, runtime, shutdown
 
 runtime.broker().add_middleware(middleware.CloseClients(), after=dramatiq.middleware.AsyncIO)
+runtime.broker().add_middleware(shutdown.GracefulShutdown(runtime.worker_config().shutdown_grace_seconds))
 
 
 @dramatiq.actor(

@@ -14,7 +14,10 @@ Called by the ``execute_run`` actor. In order:
    terminal stream event; key TTLs set; the lease released.
 
 A run whose lease is lost (Redis lost it, or this worker stalled past the TTL) stops
-writing at once: another worker may own it now.
+writing at once: another worker may own it now. A run still executing when the worker's
+shutdown grace period ends is handed back (see ``shutdown``): cancelled without a final
+state, its lease marked handed back, its message published again; the next delivery resumes
+it after the last turn stored in the thread.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any
 
 import structlog
 
+from agentrun import broker as brokers
 from agentrun import keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, providers, runtime, stopping
+from agentrun_worker import agent, leases, providers, runtime, shutdown, stopping, tools
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -57,6 +61,14 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _history_message(record: store.MessageRecord) -> dict[str, Any]:
+    """A stored message as the model sees it: a dict content (a turn with tool calls, a tool
+    result) holds the message's fields; anything else is the text content."""
+    if isinstance(record.content, dict):
+        return {"role": record.role, **record.content}
+    return {"role": record.role, "content": record.content}
+
+
 def _truncate(text: str | None, limit: int) -> str | None:
     if text is None or len(text) <= limit:
         return text
@@ -70,8 +82,25 @@ async def execute(raw: dict[str, Any]) -> None:
     structlog.contextvars.bind_contextvars(
         run_id=msg.uid, thread_id=msg.thread_id, namespace=msg.namespace, name=msg.name, attempt=msg.attempt
     )
+    if shutdown.draining().is_set():  # taken by an idle thread after SIGTERM: leave it to another worker
+        await _hand_back(msg)
+        logger.info("run.deferred", why="worker shutting down")
+        return
     clients = await runtime.clients()
-    await Execution(msg, clients, runtime.config(), received_at=received_at).run()
+    execution = Execution(msg, clients, runtime.config(), received_at=received_at)
+    await execution.run()
+    if execution.handed_back:
+        # The lease is marked handed back already, so the next delivery may take it. Only
+        # after the broker confirms this copy does the actor return and Dramatiq ack the old one.
+        await _hand_back(msg)
+        logger.info("run.handed_back", why="worker shutting down", iterations=execution.iterations)
+
+
+async def _hand_back(msg: message.RunMessage) -> None:
+    """Publish the run's message again (same id), delayed past this worker's idle threads."""
+    queue = runtime.config().queue
+    delay_ms = int(runtime.worker_config().handback_delay_seconds * 1000)
+    await asyncio.to_thread(runtime.broker().enqueue, brokers.build_message(msg, queue), delay=delay_ms)
 
 
 class Execution:
@@ -86,6 +115,7 @@ class Execution:
         )
         self.lease_lost = asyncio.Event()
         self.iterations = 0
+        self.handed_back = False
 
     # -- 1. admission -------------------------------------------------------------------------
 
@@ -166,7 +196,9 @@ class Execution:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await watch.close()
-            if not self.lease_lost.is_set():
+            if self.handed_back:
+                await self.lease.hand_back()
+            elif not self.lease_lost.is_set():
                 with contextlib.suppress(Exception):
                     await self.lease.release()
 
@@ -206,7 +238,8 @@ class Execution:
                 id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
                 status=str(phases.Phase.QUEUED), attempt=msg.attempt,
                 queued_at=_parse_time(msg.queued_at),
-                metadata={"model": (msg.spec.get("agent") or {}).get("model"), "workerPool": msg.spec.get("workerPool")},
+                metadata={"model": (msg.spec.get("agent") or {}).get("model"),
+                          "workerPool": msg.spec.get("workerPool")},
             )
         )
         await self.c.store.transition(
@@ -237,32 +270,42 @@ class Execution:
         msg = self.msg
         agent_spec = msg.spec.get("agent") or {}
         try:
-            provider = providers.for_agent(agent_spec, user_input)
-        except providers_base.ProviderUnavailable as exc:
+            provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
+            registry = tools.for_agent(agent_spec)
+        except (providers_base.ProviderUnavailable, tools.ToolNotFound) as exc:
             await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
             return
-        history = [
-            {"role": m.role, "content": m.content}
-            for m in await self.c.store.list_messages(msg.thread_id)
-            if m.role in ("user", "assistant")
-        ]
+        stored = [m for m in await self.c.store.list_messages(msg.thread_id)
+                  if m.role in ("user", "assistant", "tool")]
+        history = [_history_message(m) for m in stored]
+        # Turns this attempt already completed (a delivery handed back by a worker that shut
+        # down): the loop resumes after them instead of running them again.
+        own_turns = f"{msg.uid}/{msg.attempt}/"
+        resumed = [m for m in stored if m.role == "assistant" and m.id.startswith(own_turns)]
         loop = agent.AgentLoop(
             provider=provider, writer=self.writer, db=self.c.store, run_id=msg.uid, attempt=msg.attempt,
             thread_id=msg.thread_id, agent=agent_spec, history=history,
+            completed_turns=len(resumed),
+            last_result=str(_history_message(resumed[-1]).get("content") or "") if resumed else "",
+            registry=registry,
         )
+        if resumed:
+            logger.info("run.resumed", after_iteration=len(resumed))
         task = asyncio.get_running_loop().create_task(loop.run())
         stop_wait = asyncio.get_running_loop().create_task(watch.requested.wait())
         lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())
+        handback_wait = asyncio.get_running_loop().create_task(shutdown.handback_requested().wait())
         timeout = msg.spec.get("timeoutSeconds")
         try:
             done, _ = await asyncio.wait(
-                {task, stop_wait, lost_wait},
+                {task, stop_wait, lost_wait, handback_wait},
                 timeout=float(timeout) if timeout else None,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stop_wait.cancel()
             lost_wait.cancel()
+            handback_wait.cancel()
         self.iterations = loop.outcome.iterations
         if task not in done:
             task.cancel()
@@ -272,9 +315,15 @@ class Execution:
             if lost_wait in done:
                 logger.error("run.abandoned", why="lease lost: another worker may own this run")
                 return
-            if stop_wait in done:
+            if stop_wait in done:  # a stop wins over a hand-back: the user asked for the run to end
                 await self._finish(phases.Phase.STOPPED, watch.reason or "StopRequested", "stopped on request",
                                    outcome=loop.outcome)
+            elif handback_wait in done:
+                self.handed_back = True
+                await self.writer.flush()
+                self.writer.emit({"type": streams.STATUS, "status": "requeued", "reason": "WorkerShutdown",
+                                  "attempt": msg.attempt, "iterations": self.iterations})
+                await self.writer.flush()
             else:
                 await self._finish(phases.Phase.FAILED, "DeadlineExceeded",
                                    f"the run exceeded timeoutSeconds={timeout}", outcome=loop.outcome)

@@ -2,31 +2,29 @@
 
 ``SET agentrun:{uid}:lease <instance> NX PX <ttl>`` makes one delivery the executor; a
 duplicate delivery finds the lease taken and does nothing. The holder renews it every
-``lease_renew_seconds``; renewal and release are compare-and-set scripts, so a worker never
-extends or deletes a lease that expired and was taken by another one. When the holder
+``lease_renew_seconds``; renewal, release and hand-back are compare-and-set transactions
+(WATCH/MULTI on the one key, so they work on Redis Cluster and on the embedded Redis of
+``agentrun dev``, which cannot run Lua), so a worker never extends or deletes a lease that
+expired and was taken by another one. When the holder
 dies, the lease expires and the operator learns the worker is gone.
+
+A worker shutting down hands a run back (:meth:`Lease.hand_back`): the lease keeps
+existing for one more TTL with the value ``handed-back:<instance>``, which the next
+delivery may take over at once. Deleting it instead would tell the operator's recovery scan
+that the worker was lost, and it would re-queue the run as a new attempt; if no worker takes
+the run within the TTL, the lease expires and that recovery is what happens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from agentrun import keys
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
+HANDED_BACK = "handed-back:"
 
 class Lease:
     def __init__(self, client: aioredis.Redis, uid: str, owner: str, ttl_seconds: float) -> None:
@@ -34,18 +32,43 @@ class Lease:
         self._key = keys.lease(uid)
         self._owner = owner
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
 
     async def acquire(self) -> bool:
-        return bool(await self._client.set(self._key, self._owner, nx=True, px=self._ttl_ms))
+        """Take the lease if it is free or was handed back; False if someone holds it."""
+        if await self._client.set(self._key, self._owner, nx=True, px=self._ttl_ms):
+            return True
+        return await self._swap(lambda current: current.startswith(HANDED_BACK), self._owner)
 
     async def renew(self) -> bool:
         """Extend the lease; False means it is no longer ours."""
-        return bool(await self._renew(keys=[self._key], args=[self._owner, self._ttl_ms]))
+        return await self._swap(lambda current: current == self._owner, self._owner)
 
     async def release(self) -> None:
-        await self._release(keys=[self._key], args=[self._owner])
+        await self._swap(lambda current: current == self._owner, None)
+
+    async def hand_back(self) -> bool:
+        """Mark the lease handed back (if it is still ours) so the next delivery may take it."""
+        return await self._swap(lambda current: current == self._owner, HANDED_BACK + self._owner)
+
+    async def _swap(self, allowed: Callable[[str], bool], value: str | None) -> bool:
+        """Set the lease to ``value`` (with a fresh TTL; ``None`` deletes it) if its current
+        value is ``allowed``, in one WATCH/MULTI transaction on the lease key."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self._key)
+                raw = await pipe.get(self._key)
+                current = raw.decode() if isinstance(raw, bytes) else raw
+                if current is None or not allowed(current):
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                if value is None:
+                    pipe.delete(self._key)
+                else:
+                    pipe.set(self._key, value, px=self._ttl_ms)
+                await pipe.execute()
+                return True
+            except redis.exceptions.WatchError:  # changed meanwhile: someone else acted first
+                return False
 
     async def holder(self) -> str | None:
         value = await self._client.get(self._key)

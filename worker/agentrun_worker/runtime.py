@@ -19,10 +19,13 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import kube, log, settings, store
+from agentrun_worker import config as worker_settings
+from agentrun_worker import providers
 
 logger = structlog.get_logger(__name__)
 
 _config: settings.Settings | None = None
+_worker_config: worker_settings.WorkerSettings | None = None
 _broker: dramatiq.Broker | None = None
 _clients: Clients | None = None
 _lock: asyncio.Lock | None = None
@@ -49,6 +52,14 @@ def config() -> settings.Settings:
     return _config
 
 
+def worker_config() -> worker_settings.WorkerSettings:
+    """The worker's own settings (``agentrun_worker.config``)."""
+    global _worker_config
+    if _worker_config is None:
+        _worker_config = worker_settings.load()
+    return _worker_config
+
+
 def broker() -> dramatiq.Broker:
     global _broker
     if _broker is None:
@@ -72,7 +83,7 @@ async def clients() -> Clients:
             await db.migrate()
             _clients = Clients(
                 redis=aioredis.Redis.from_url(cfg.redis_url),
-                api=kube.client(),
+                api=kube.client(user_agent="agentrun-worker"),
                 store=db,
             )
             logger.info(
@@ -91,6 +102,7 @@ async def close() -> None:
     clients, _clients = _clients, None
     if clients is None:
         return
+    await providers.close()
     await clients.store.close()
     await clients.redis.aclose()
     await clients.api.close()

@@ -1,4 +1,4 @@
-"""The provider interface: one model turn, streamed as text deltas.
+"""The provider interface: one model turn, streamed as text deltas, maybe ending in tool calls.
 
 Errors are named for what happens next: :class:`ProviderUnavailable` (no such model here:
 the run fails at once) and :class:`ProviderError` (the model call failed: the run fails with
@@ -22,11 +22,21 @@ class ProviderError(Exception):
 
 
 @dataclasses.dataclass
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclasses.dataclass
 class Turn:
     text: str
     finish: str  # "continue" (more turns follow), "complete" (the agent is done), "ask" (waits for the user)
     input_tokens: int = 0
     output_tokens: int = 0
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
 
 
 OnDelta = Callable[[str], Awaitable[None] | None]
@@ -34,5 +44,14 @@ OnDelta = Callable[[str], Awaitable[None] | None]
 
 class Provider(abc.ABC):
     @abc.abstractmethod
-    async def turn(self, messages: list[dict[str, Any]], *, iteration: int, on_delta: OnDelta) -> Turn:
-        """Run one model turn over ``messages``, calling ``on_delta`` for each text chunk."""
+    async def turn(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        iteration: int,
+        on_delta: OnDelta,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Turn:
+        """Run one model turn over ``messages`` (Chat Completions format), calling ``on_delta``
+        for each text chunk; ``tools`` are the function tools the model may call (their
+        Chat Completions schemas)."""

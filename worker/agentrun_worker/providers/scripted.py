@@ -28,7 +28,14 @@ class ScriptedProvider(base.Provider):
     def __init__(self, script: list[dict[str, Any]], user_input: str) -> None:
         self._script = script or [{"text": f"You said: {user_input}"}]
 
-    async def turn(self, messages: list[dict[str, Any]], *, iteration: int, on_delta: base.OnDelta) -> base.Turn:
+    async def turn(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        iteration: int,
+        on_delta: base.OnDelta,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> base.Turn:
         step = self._script[min(iteration, len(self._script)) - 1]
         prompt_tokens = sum(words(str(m.get("content", ""))) for m in messages)
         if "fail" in step:

@@ -1,0 +1,68 @@
+"""Settings only the worker reads, from ``AGENTRUN_*`` environment variables.
+
+The settings every process shares (broker, Redis, database, queue, lease timing) are
+:class:`agentrun.settings.Settings`; these are the worker's own. ``runtime.worker_config``
+loads them once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Endpoint(pydantic.BaseModel):
+    """An OpenAI-compatible Chat Completions endpoint, selected by a model prefix."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    """``https://…/v1``. Unset: ``OPENAI_BASE_URL``, else OpenAI's own."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """The *name* of the environment variable that holds the key (the key itself never
+    appears in settings, manifests or messages)."""
+    thinking: Literal["reasoning_effort", "chat_template_kwargs", "none"] = "reasoning_effort"
+    """How ``enableThinking``/``reasoningEffort`` reach the model: OpenAI's ``reasoning_effort``,
+    vLLM/SGLang's ``chat_template_kwargs.enable_thinking``, or not at all."""
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTRUN_", extra="ignore")
+
+    shutdown_grace_seconds: float = 20.0
+    """Seconds the runs in flight may go on after SIGTERM before they are handed back to the
+    queue (their message re-published, their lease marked handed back) to run again on
+    another worker. 20 s: most runs' last turn finishes within it, and it leaves 10 s of
+    Kubernetes' default 30 s ``terminationGracePeriodSeconds`` for the hand-back and the
+    process exit. Keep it below both that period and Dramatiq's ``--worker-shutdown-timeout``."""
+
+    model_endpoints: dict[str, Endpoint] = pydantic.Field(default_factory=lambda: {"openai": Endpoint()})
+    """Model prefix → endpoint, as JSON (``{"vllm": {"base_url": "http://vllm:8000/v1",
+    "api_key_env": "VLLM_API_KEY", "thinking": "chat_template_kwargs"}}``). ``model: vllm/qwen3``
+    then goes there. Default: ``openai`` with ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``."""
+
+    model_max_retries: int = 4
+    """Retries of one model turn after a transient error (408, 429, 5xx, connection). 4 with
+    the backoff below rides out about 8 s of provider trouble before the run fails."""
+
+    model_retry_base_seconds: float = 0.5
+    """First backoff of a model retry, doubled each time (with jitter; ``Retry-After`` wins
+    when longer)."""
+
+    model_retry_max_seconds: float = 20.0
+    """Upper bound of one backoff: beyond it a provider outage is better reported than waited on."""
+
+    model_timeout_seconds: float = 300.0
+    """Read timeout of a model request (between streamed chunks, and for the first one):
+    reasoning models may think for minutes before the first token."""
+
+    handback_delay_seconds: float = 2.0
+    """Delay of a handed-back run's message before a worker may take it again. It must exceed
+    the 1 s poll of Dramatiq's idle worker threads (``worker_timeout``), which may still take
+    one message after SIGTERM; 2 s leaves margin and costs a resumed run only that long."""
+
+
+def load() -> WorkerSettings:
+    return WorkerSettings()
