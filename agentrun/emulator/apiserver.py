@@ -643,7 +643,7 @@ class Emulator(kmock.KubernetesEmulator):
     def _admit(self, rtype: resources.ResourceType, obj: dict[str, Any], old: dict[str, Any] | None,
                subresource: str | None) -> dict[str, Any]:
         if not rtype.is_custom:
-            return obj
+            return _fold_string_data(obj) if rtype.group == "" and rtype.plural == "secrets" else obj
         crd = self._store[resources.CRDS].get((None, rtype.crd_name or ""))
         if crd is None:
             return obj
@@ -981,3 +981,15 @@ def _json(payload: Any, status: int = 200, headers: multidict.CIMultiDict[str] |
     response = aiohttp.web.Response(body=json.dumps(payload).encode(), status=status, headers=headers)
     response.headers["Content-Type"] = "application/json"
     return response
+
+
+def _fold_string_data(secret: dict[str, Any]) -> dict[str, Any]:
+    """A Secret's write-only ``stringData`` merged into base64 ``data``, as the API server stores it."""
+    string_data = secret.pop("stringData", None)
+    if string_data:
+        import base64
+
+        data = dict(secret.get("data") or {})
+        data.update({k: base64.b64encode(str(v).encode()).decode() for k, v in string_data.items()})
+        secret["data"] = data
+    return secret

@@ -128,3 +128,18 @@ def test_builtin_resources_are_served(api: httpx.Client) -> None:
         response = api.post(path, json={"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}})
         assert response.status_code == 201, (path, response.text)
         assert api.get(f"{path}/x").json()["kind"] == kind
+
+
+
+def test_secret_string_data_is_stored_as_base64_data(api: httpx.Client) -> None:
+    """A Secret written with stringData is stored with those keys base64-encoded in data, and
+    stringData itself is never returned: the API server treats it as write-only input."""
+    import base64
+
+    created = api.post("/api/v1/namespaces/default/secrets", json={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        "data": {"a": base64.b64encode(b"kept").decode()}, "stringData": {"b": "hello"}})
+    assert created.status_code == 201
+    stored = api.get("/api/v1/namespaces/default/secrets/s").json()
+    assert "stringData" not in stored
+    assert {k: base64.b64decode(v).decode() for k, v in stored["data"].items()} == {"a": "kept", "b": "hello"}

@@ -50,45 +50,109 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+A component's resource name: "<fullname>-<component>". The full name is cut first so that the
+suffix always survives: two components never truncate to the same 63-character name.
+Call with (list . "operator").
+*/}}
+{{- define "agentrun.componentName" -}}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $prefix := include "agentrun.fullname" $ctx | trunc (int (sub 62 (len $component))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix $component }}
+{{- end }}
+
+{{/*
+A component's labels: the release's, plus app.kubernetes.io/component. Call with (list . "operator").
+*/}}
+{{- define "agentrun.componentLabels" -}}
+{{ include "agentrun.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
+The labels that select a component's pods. Call with (list . "operator").
+*/}}
+{{- define "agentrun.componentSelectorLabels" -}}
+{{ include "agentrun.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/*
 The operator's resource name: "<fullname>-operator", at most 63 characters.
 */}}
 {{- define "agentrun.operator.fullname" -}}
-{{- printf "%s-operator" (include "agentrun.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "agentrun.componentName" (list . "operator") }}
 {{- end }}
 
 {{/*
 The operator's labels: the release's, plus its component.
 */}}
 {{- define "agentrun.operator.labels" -}}
-{{ include "agentrun.labels" . }}
-app.kubernetes.io/component: operator
+{{ include "agentrun.componentLabels" (list . "operator") }}
 {{- end }}
 
 {{/*
 The labels that select the operator's pods.
 */}}
 {{- define "agentrun.operator.selectorLabels" -}}
-{{ include "agentrun.selectorLabels" . }}
-app.kubernetes.io/component: operator
+{{ include "agentrun.componentSelectorLabels" (list . "operator") }}
 {{- end }}
 
 {{/*
-The operator's ServiceAccount: the given name, else the operator's full name when the chart
-creates it, else "default".
+A ServiceAccount's name: the given name, else "<fullname>-<component>" when the chart creates
+it, else "default". Call with (list . "operator" .Values.operator.serviceAccount).
+*/}}
+{{- define "agentrun.serviceAccountName" -}}
+{{- $sa := index . 2 }}
+{{- if $sa.create }}
+{{- default (include "agentrun.componentName" (list (index . 0) (index . 1))) $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's ServiceAccount name.
 */}}
 {{- define "agentrun.operator.serviceAccountName" -}}
-{{- if .Values.operator.serviceAccount.create }}
-{{- default (include "agentrun.operator.fullname" .) .Values.operator.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.operator.serviceAccount.name }}
-{{- end }}
+{{- include "agentrun.serviceAccountName" (list . "operator" .Values.operator.serviceAccount) }}
 {{- end }}
 
 {{/*
-The agentrun image reference: repository and tag, the tag defaulting to the chart's appVersion.
+The workers' ServiceAccount name (the operator puts it on every WorkerPool Deployment).
 */}}
-{{- define "agentrun.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- define "agentrun.worker.serviceAccountName" -}}
+{{- include "agentrun.serviceAccountName" (list . "worker" .Values.workers.serviceAccount) }}
+{{- end }}
+
+{{/*
+The gateway's ServiceAccount name.
+*/}}
+{{- define "agentrun.gateway.serviceAccountName" -}}
+{{- include "agentrun.serviceAccountName" (list . "gateway" .Values.gateway.serviceAccount) }}
+{{- end }}
+
+{{/*
+An image reference: repository and tag, the tag defaulting to the chart's appVersion.
+Call with (list . .Values.operator.image).
+*/}}
+{{- define "agentrun.imageRef" -}}
+{{- $image := index . 1 }}
+{{- printf "%s:%s" $image.repository (default (index . 0).Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{/*
+The operator's image (operator/Dockerfile).
+*/}}
+{{- define "agentrun.operator.image" -}}
+{{- include "agentrun.imageRef" (list . .Values.operator.image) }}
+{{- end }}
+
+{{/*
+The workers' image (worker/Dockerfile): WorkerPools without spec.image, and the gateway.
+*/}}
+{{- define "agentrun.worker.image" -}}
+{{- include "agentrun.imageRef" (list . .Values.workers.image) }}
 {{- end }}
 
 {{/*
