@@ -16,7 +16,9 @@ from agentrun import keys
 STOP = b"stop"
 
 
-async def request_stop(client: aioredis.Redis, uid: str, *, ttl_seconds: int = 86_400, reason: str = "Requested") -> None:
+async def request_stop(
+    client: aioredis.Redis, uid: str, *, ttl_seconds: int = 86_400, reason: str = "Requested"
+) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.set(keys.stop(uid), reason, ex=ttl_seconds)
     pipe.publish(keys.control(uid), STOP)

@@ -162,7 +162,9 @@ WIDGET = {
                             "template": {
                                 "type": "object",
                                 "x-kubernetes-embedded-resource": True,
-                                "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                                "properties": {
+                                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                                },
                             },
                         },
                     },

@@ -51,6 +51,8 @@ def test_a_run_goes_queued_running_succeeded_and_everything_agrees(
     created = bed.create(agentrun(namespace, "hello"))
     uid = created["metadata"]["uid"]
     obj = bed.wait_phase(namespace, "hello", "Succeeded", "Failed")
+    # the watch may deliver the last change a moment after the GET sees it
+    harness.wait_until(lambda: recorder.phases[-1:] == [obj["status"]["phase"]], 10, "the watch to see the end")
     seen = recorder.stop()
     status = obj["status"]
     # Then it passed through Queued and Running and succeeded
