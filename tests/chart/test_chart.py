@@ -491,3 +491,13 @@ def test_notes_print_the_next_commands() -> None:
     assert "kubectl apply --namespace agents -f examples/hello.yaml" in notes
     assert "kubectl get ar --namespace agents -w" in notes
     assert "agentrun logs -f hello --namespace agents" in notes
+
+
+def test_the_operator_gets_the_database_url_it_needs_to_record_runs_it_ends() -> None:
+    """The operator ends runs itself (WorkerLost, DeadlineExceeded) and writes their database
+    row; a missing key must stop the pod from starting, not silently fall back to SQLite."""
+    docs = render()
+    [container] = only(docs, "Deployment", "demo-agentrun-operator")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AGENTRUN_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "agentrun-connection",
+                                                                        "key": "database-url"}

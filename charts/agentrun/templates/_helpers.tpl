@@ -176,5 +176,4 @@ URL is optional here: the operator does not use the database.
     secretKeyRef:
       name: {{ .Values.connection.existingSecret }}
       key: {{ .Values.connection.databaseUrlKey }}
-      optional: true
 {{- end }}
