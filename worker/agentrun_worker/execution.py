@@ -116,6 +116,7 @@ class Execution:
         self.lease_lost = asyncio.Event()
         self.iterations = 0
         self.handed_back = False
+        self._recorded = False
 
     # -- 1. admission -------------------------------------------------------------------------
 
@@ -229,9 +230,11 @@ class Execution:
                 return str(value)
         return ""
 
-    async def _start(self, user_input: str) -> bool:
+    async def _record_run(self) -> None:
+        """The run's thread and row in the database (identity only), once per execution."""
+        if self._recorded:
+            return
         msg = self.msg
-        started = _utcnow()
         await self.c.store.ensure_thread(msg.thread_id, namespace=msg.namespace)
         await self.c.store.upsert_run(
             store.RunRecord(
@@ -242,6 +245,12 @@ class Execution:
                           "workerPool": msg.spec.get("workerPool")},
             )
         )
+        self._recorded = True
+
+    async def _start(self, user_input: str) -> bool:
+        msg = self.msg
+        started = _utcnow()
+        await self._record_run()
         await self.c.store.transition(
             msg.uid, str(phases.Phase.RUNNING), attempt=msg.attempt, started_at=started,
             worker_instance=self.config.instance_id,
@@ -354,12 +363,7 @@ class Execution:
         usage = outcome.usage if outcome else {}
         iterations = outcome.iterations if outcome else 0
         await self.writer.flush()  # every event of the run is stored before it is declared over
-        await self.c.store.ensure_thread(msg.thread_id, namespace=msg.namespace)
-        await self.c.store.upsert_run(
-            store.RunRecord(id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
-                            status=str(phases.Phase.QUEUED), attempt=msg.attempt,
-                            queued_at=_parse_time(msg.queued_at))
-        )
+        await self._record_run()  # a run that ends before it started has no row yet
         await self.c.store.transition(
             msg.uid, str(phase), attempt=msg.attempt, reason=reason,
             error=text if phase != phases.Phase.SUCCEEDED else None,
