@@ -81,3 +81,15 @@ def postgres_dsn() -> Iterator[str]:
 def unique() -> str:
     """A short unique suffix for names, queues and namespaces of one test."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def rabbit_node() -> Iterator[object]:
+    """A RabbitMQ node of this session's own (see tests/rabbitnode.py), for tests that stop it."""
+    from tests.rabbitnode import RabbitNode
+
+    node = RabbitNode().start()
+    try:
+        yield node
+    finally:
+        node.close()
