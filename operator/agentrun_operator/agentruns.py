@@ -19,6 +19,7 @@ from agentrun_operator import dispatching, metrics, scanning
 logger = structlog.get_logger(__name__)
 
 RESOURCE = ("agentrun.io", "v1alpha1", "agentruns")
+RUN_DELETED = "RunDeleted"
 
 
 @kopf.index(*RESOURCE)
@@ -36,9 +37,27 @@ def run_phases(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str,
 
 
 @kopf.on.event(*RESOURCE)
-def observe_run(*, type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002  (kopf's kwarg)
-    """Count finished runs and dispatch latency (event handlers store nothing on the object)."""
+async def observe_run(*, type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:  # noqa: A002
+    """Count finished runs and dispatch latency; stop a live run that was deleted.
+
+    Event handlers store nothing on the object and add no finalizer, so deleting an AgentRun
+    never waits for the operator. A run deleted while it lives gets a stop request (its worker
+    ends it ``Stopped``/``RunDeleted`` in the database and on the stream); should the operator
+    miss the deletion, the worker notices it itself at its next heartbeat.
+    """
     metrics.TRACKER.observe(type, body)
+    if type == "DELETED":
+        await stop_deleted_run(body, memo)
+
+
+async def stop_deleted_run(body: kopf.Body, memo: Any) -> None:
+    phase = body.status.get("phase")
+    uid = body.metadata.uid
+    if uid is None or not phase or phases.is_terminal(phase) or memo.redis is None:
+        return
+    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds, reason=RUN_DELETED)
+    logger.info("run.stop_requested", run_id=uid, namespace=body.metadata.namespace, name=body.metadata.name,
+                why="deleted while " + str(phase))
 
 
 @kopf.on.create(*RESOURCE)

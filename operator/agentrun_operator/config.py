@@ -35,6 +35,11 @@ class OperatorSettings(BaseSettings):
     that no late redelivery of the old attempt can start in between. 30 s is far above the
     few API calls it covers; the claim is released as soon as they are done."""
 
+    pool_missing_grace_seconds: float = 30.0
+    """Seconds a queued run's WorkerPool may be missing before the run ends ``Failed``/
+    ``PoolDeleted``. Long enough to delete and re-create a pool (its queue, and the messages
+    in it, stay), short enough that runs nobody will consume do not wait for their deadline."""
+
     autoscale_interval_seconds: float = 1.0
     """Seconds between two autoscaler passes over the pools in ``operator`` mode. A pass reads
     only in-memory indexes and writes only when a number changes, so 1 s costs nothing and keeps

@@ -23,6 +23,9 @@ What one scan does:
 - **Deadlines.** A run still ``Queued`` ``spec.timeoutSeconds`` after its creation ends
   ``Failed``/``DeadlineExceeded`` (a running run's deadline is enforced by its worker); a lost
   run past its deadline is not re-queued but ends the same way.
+- **Deleted pools.** A ``Pending``/``Queued`` run whose WorkerPool has been gone for
+  ``pool_missing_grace_seconds`` ends ``Failed``/``PoolDeleted``: no worker will ever consume
+  its queue. The grace lets a pool be deleted and created again (same queue) without loss.
 - **TTL.** A finished run with ``spec.ttlSecondsAfterFinished`` is deleted that long after
   ``status.finishedAt`` (its database row stays, its Redis keys expire on their own), at the
   first scan after the TTL: no timer, so no finalizer.
@@ -72,6 +75,7 @@ class RunView:
     namespace: str
     name: str
     phase: str
+    pool: str
     attempt: int
     max_attempts: int
     created_at: str | None
@@ -97,6 +101,7 @@ def view(body: kopf.Body) -> RunView | None:
         namespace=meta.namespace,
         name=meta.name or "",
         phase=str(phase),
+        pool=str(spec.get("workerPool") or "default"),
         attempt=int(status.get("attempt") or 1),
         max_attempts=int(spec.get("maxAttempts") or DEFAULT_MAX_ATTEMPTS),
         created_at=meta.get("creationTimestamp"),
@@ -126,6 +131,7 @@ class Scanner:
         self,
         *,
         runs: kopf.Index[str, RunView],
+        pools: kopf.Index[tuple[str, str], str],
         api: lightkube.AsyncClient,
         redis: aioredis.Redis,
         dramatiq_broker: dramatiq.Broker,
@@ -134,6 +140,8 @@ class Scanner:
         op: config.OperatorSettings,
     ) -> None:
         self._runs = runs
+        self._pools = pools
+        self._pool_missing: dict[tuple[str, str], float] = {}
         self._api = api
         self._redis = redis
         self._broker = dramatiq_broker
@@ -179,15 +187,28 @@ class Scanner:
                     await self._guarded("delete", v, self.delete(v))
             elif v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED) and past_deadline(v, now):
                 await self._guarded("deadline", v, self.expire(v))
+            elif v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED) and self._pool_gone(v, now):
+                await self._guarded("pool_deleted", v, self.expire(v, pool_deleted=True))
             elif v.phase == phases.Phase.QUEUED:
                 since = max(timestamp(v.queued_at) or now, self._republished.get((v.uid, v.attempt), 0.0))
                 if now - since >= self._op.queued_timeout_seconds:
                     await self._guarded("republish", v, self.republish(v))
+        waiting = {(v.namespace, v.pool) for v in views if v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED)}
+        for pool in [k for k in self._pool_missing if k not in waiting or k in self._pools]:
+            del self._pool_missing[pool]
         current = {(v.uid, v.attempt) for v in views}
         for key in [k for k in self._republished if k not in current]:
             del self._republished[key]
         self.scans += 1
         metrics.SCANS.inc()
+
+    def _pool_gone(self, v: RunView, now: float) -> bool:
+        """Whether the run's pool has been missing from the pool index for the whole grace."""
+        key = (v.namespace, v.pool)
+        if key in self._pools:
+            return False
+        since = self._pool_missing.setdefault(key, now)
+        return now - since >= self._op.pool_missing_grace_seconds
 
     async def _guarded(self, action: str, v: RunView, work: Any) -> None:
         try:
@@ -298,8 +319,9 @@ class Scanner:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def expire(self, v: RunView) -> None:
-        """A run that never started within ``timeoutSeconds`` ends ``Failed``/``DeadlineExceeded``.
+    async def expire(self, v: RunView, *, pool_deleted: bool = False) -> None:
+        """A run that never started within ``timeoutSeconds`` ends ``Failed``/``DeadlineExceeded``
+        (or ``Failed``/``PoolDeleted`` when its pool is gone).
 
         The lease is claimed first so that no worker starts it while it is being ended; a
         worker that gets its message later finds it terminal and drops it.
@@ -312,11 +334,17 @@ class Scanner:
             status = (obj or {}).get("status") or {}
             if obj is None or status.get("phase") not in (phases.Phase.PENDING, phases.Phase.QUEUED):
                 return
-            text = f"no worker started the run within timeoutSeconds={v.timeout_seconds}"
-            await self.finish(obj, phases.Phase.FAILED, "DeadlineExceeded", text,
-                              attempt=int(status.get("attempt") or v.attempt))
-            metrics.RECOVERIES.labels("DeadlineExceeded", "failed").inc()
-            logger.warning("run.deadline_exceeded", run_id=v.uid, namespace=v.namespace, name=v.name)
+            if pool_deleted:
+                reason = "PoolDeleted"
+                text = (f"WorkerPool {v.pool} was deleted while the run waited in its queue; "
+                        "create the pool again and re-submit the run")
+            else:
+                reason = "DeadlineExceeded"
+                text = f"no worker started the run within timeoutSeconds={v.timeout_seconds}"
+            await self.finish(obj, phases.Phase.FAILED, reason, text, attempt=int(status.get("attempt") or v.attempt))
+            metrics.RECOVERIES.labels(reason, "failed").inc()
+            logger.warning("run.expired", reason=reason, run_id=v.uid, namespace=v.namespace, name=v.name,
+                           pool=v.pool)
         finally:
             await self._release(keys=[lease], args=[self._claim])
 

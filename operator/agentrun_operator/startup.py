@@ -74,7 +74,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     memo.scan_task = None
     if memo.redis is not None:
         scanner = scanning.Scanner(
-            runs=run_views, api=memo.api, redis=memo.redis, dramatiq_broker=memo.broker, db=memo.store,
+            runs=run_views, pools=kwargs["pool_queues"], api=memo.api, redis=memo.redis,
+            dramatiq_broker=memo.broker, db=memo.store,
             settings=config, op=memo.operator_config,
         )
         memo.scan_task = asyncio.get_running_loop().create_task(scanner.run_forever(), name="agentrun-scan")

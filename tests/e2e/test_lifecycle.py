@@ -1,4 +1,4 @@
-"""Lifecycle end to end: ``ttlSecondsAfterFinished`` and the deadline of a run that never starts.
+"""Lifecycle end to end: TTL, deadlines, deletion of a live run, a pool deleted under its runs.
 
 Real kopf, real Dramatiq worker processes, RabbitMQ, Redis and PostgreSQL; the operator scans
 every second (the ``fast_operator`` of the recovery tests) so small numbers keep this quick.
@@ -14,11 +14,15 @@ import pytest
 from agentrun import kube, streams
 from tests.e2e import harness
 from tests.e2e.test_recovery import (
+    OPERATOR_ENV,
+    POOL_MISSING_GRACE,
+    SLOW,
     WORKER_ENV,
     agentrun,
     events_of,
     fast_operator,  # noqa: F401  (the fixture, used by every test here)
     sample,
+    streaming,
     warning_events,
 )
 
@@ -78,6 +82,11 @@ def test_a_run_no_worker_starts_before_its_deadline_fails_deadline_exceeded(
     assert bed.get_run(namespace, "too-late")["status"]["phase"] == "Failed"
 
 
+def terminal(bed: harness.Bed, uid: str) -> dict[str, Any] | None:
+    found = events_of(bed, uid)
+    return found[-1] if found and streams.is_terminal(found[-1]) else None
+
+
 def deployment(bed: harness.Bed, namespace: str, name: str) -> dict[str, Any] | None:
     import lightkube.resources.apps_v1
 
@@ -133,3 +142,68 @@ def test_a_pool_s_deployment_follows_the_backlog_up_at_once_and_down_after_stabi
     harness.wait_until(lambda: replicas(bed, namespace) == 0, 30, "the pool to scale back to zero")
     # (held for the window, less one autoscaler interval of phase; without the hold it takes < 1 s)
     assert time.monotonic() - drained >= window / 2
+
+
+def test_a_run_deleted_while_running_is_stopped_at_once_and_its_record_says_so(
+    bed: harness.Bed, namespace: str
+) -> None:
+    # Given a run streaming on a worker
+    bed.start_worker(f"agentrun.{namespace}.default", **WORKER_ENV)
+    uid = bed.create(agentrun(namespace, "doomed", SLOW))["metadata"]["uid"]
+    harness.wait_until(lambda: streaming(bed, uid), 20, "the run to stream")
+    # And nothing on it that would hold a delete (no finalizer while it lives)
+    assert not bed.get_run(namespace, "doomed")["metadata"].get("finalizers")
+    # When the AgentRun is deleted, it is gone at once
+    bed.api.delete(kube.AgentRun, "doomed", namespace=namespace)
+    assert gone(bed, namespace, "doomed")
+    # Then the worker stops the run well before its script would end (~4 s)
+    last = harness.wait_until(lambda: terminal(bed, uid), 10, "the run's terminal event")
+    assert (last["status"], last["reason"]) == ("stopped", "RunDeleted"), last
+    assert last["message"] == "stopped because its AgentRun was deleted"
+    assert not any(e["type"] == "assistant" and "word39" in e.get("text", "") for e in events_of(bed, uid))
+    # And the database keeps the record of why it ended
+    row = bed.db_row(uid)
+    assert row is not None and (row["status"], row["reason"]) == ("Stopped", "RunDeleted"), row
+
+
+def test_a_run_deleted_while_the_operator_is_down_is_stopped_by_its_worker(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a run streaming on a worker that writes a heartbeat every second, and no operator
+    bed.start_worker(f"agentrun.{namespace}.default", AGENTRUN_HEARTBEAT_SECONDS="1", **WORKER_ENV)
+    uid = bed.create(agentrun(namespace, "orphaned", SLOW))["metadata"]["uid"]
+    harness.wait_until(lambda: streaming(bed, uid), 20, "the run to stream")
+    operator.proc.kill()
+    try:
+        # When the AgentRun is deleted, the delete does not wait for the missing operator
+        bed.api.delete(kube.AgentRun, "orphaned", namespace=namespace)
+        assert gone(bed, namespace, "orphaned")
+        # Then the worker notices at its next heartbeat and stops the run
+        last = harness.wait_until(lambda: terminal(bed, uid), 15, "the run's terminal event")
+        assert (last["status"], last["reason"]) == ("stopped", "RunDeleted"), last
+        row = bed.db_row(uid)
+        assert row is not None and (row["status"], row["reason"]) == ("Stopped", "RunDeleted"), row
+    finally:
+        operator.proc = bed.start_operator(**OPERATOR_ENV)
+
+
+def test_queued_runs_of_a_deleted_pool_fail_pool_deleted_after_the_grace(bed: harness.Bed, namespace: str) -> None:
+    # Given a pool with no worker and a run queued on it
+    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": "short-lived", "namespace": namespace}, "spec": {}})
+    uid = bed.create(agentrun(namespace, "stranded", QUICK, workerPool="short-lived"))["metadata"]["uid"]
+    bed.wait_phase(namespace, "stranded", "Queued")
+    # When the pool is deleted
+    bed.api.delete(kube.WorkerPool, "short-lived", namespace=namespace)
+    deleted = time.monotonic()
+    # Then, after the grace, the run fails PoolDeleted everywhere, saying what to do
+    status = bed.wait_phase(namespace, "stranded", "Failed", "Succeeded", timeout=30)["status"]
+    assert time.monotonic() - deleted >= POOL_MISSING_GRACE / 2
+    assert (status["phase"], status["reason"]) == ("Failed", "PoolDeleted"), status
+    assert "WorkerPool short-lived was deleted" in status["message"]
+    last = events_of(bed, uid)[-1]
+    assert (last["type"], last["status"], last["reason"]) == ("status", "failed", "PoolDeleted")
+    row = bed.db_row(uid)
+    assert row is not None and (row["status"], row["reason"]) == ("Failed", "PoolDeleted")
+    harness.wait_until(lambda: warning_events(bed, namespace, "stranded", "PoolDeleted"), 10,
+                       "a PoolDeleted Warning Event")

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from agentrun import broker as brokers
-from agentrun import keys, kube, message, phases, store, streams
+from agentrun import control, keys, kube, message, phases, store, streams
 from agentrun_worker import agent, leases, providers, runtime, shutdown, stopping, tools
 from agentrun_worker.providers import base as providers_base
 
@@ -166,11 +166,27 @@ class Execution:
                 continue
             if loop.time() >= next_heartbeat:
                 next_heartbeat = loop.time() + self.config.heartbeat_seconds
+                await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        """Write ``lastHeartbeatTime``; a run whose AgentRun is gone is stopped (``RunDeleted``).
+
+        The operator turns the deletion into a stop request at once; this catches the deletions
+        it missed (the operator was down), since nothing else would end the run early.
+        """
+        try:
+            await kube.patch_status(
+                self.c.api, self.msg.namespace, self.msg.name,
+                {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
+            )
+        except kube.ApiError as exc:
+            if kube.is_not_found(exc):
+                logger.warning("run.resource_deleted")
                 with contextlib.suppress(Exception):
-                    await kube.patch_status(
-                        self.c.api, self.msg.namespace, self.msg.name,
-                        {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
-                    )
+                    await control.request_stop(self.c.redis, self.msg.uid, ttl_seconds=self.config.key_ttl_seconds,
+                                               reason=stopping.RUN_DELETED)
+        except Exception as exc:  # the API server's hiccup is not the run's problem
+            logger.debug("run.heartbeat_failed", error=str(exc))
 
     # -- the whole run ------------------------------------------------------------------------
 
@@ -182,7 +198,8 @@ class Execution:
         try:
             await watch.start()
             if watch.requested.is_set():
-                await self._finish(phases.Phase.STOPPED, "StopRequested", "stopped before it started")
+                reason = watch.reason or "StopRequested"
+                await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + " before it started")
                 return
             try:
                 user_input = await self._resolve_input()
@@ -325,8 +342,8 @@ class Execution:
                 logger.error("run.abandoned", why="lease lost: another worker may own this run")
                 return
             if stop_wait in done:  # a stop wins over a hand-back: the user asked for the run to end
-                await self._finish(phases.Phase.STOPPED, watch.reason or "StopRequested", "stopped on request",
-                                   outcome=loop.outcome)
+                reason = watch.reason or "StopRequested"
+                await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason), outcome=loop.outcome)
             elif handback_wait in done:
                 self.handed_back = True
                 await self.writer.flush()

@@ -17,6 +17,16 @@ from agentrun import control, keys
 
 logger = structlog.get_logger(__name__)
 
+RUN_DELETED = "RunDeleted"
+"""The stop reason when the run's AgentRun was deleted while the run lived."""
+
+
+def explain(reason: str) -> str:
+    """The status message of a run stopped for ``reason``."""
+    if reason == RUN_DELETED:
+        return "stopped because its AgentRun was deleted"
+    return "stopped on request"
+
 
 class StopWatch:
     def __init__(self, client: aioredis.Redis, uid: str) -> None:
