@@ -17,7 +17,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """``<pod>-<pid>-<random>``: the pod name (``AGENTRUN_POD_NAME``, from the downward API)
+    or the host name, so the operator can tell which pod runs a run (pod-deletion-cost)."""
+    host = os.environ.get("AGENTRUN_POD_NAME") or socket.gethostname()
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def instance_host(instance: str | None) -> str | None:
+    """The pod (or host) part of an instance id made by :func:`_instance_id`."""
+    if not instance or instance.count("-") < 2:
+        return None
+    return instance.rsplit("-", 2)[0]
 
 
 class Settings(BaseSettings):

@@ -23,17 +23,21 @@ RUN_DELETED = "RunDeleted"
 
 
 @kopf.index(*RESOURCE)
-def run_views(*, body: kopf.Body, **_: Any) -> dict[str, scanning.RunView] | None:
-    """Every non-terminal run by uid, kept current from the watch stream for the scan."""
+def run_views(*, body: kopf.Body, **_: Any) -> dict[str, scanning.RunView]:
+    """Every non-terminal run by uid, kept current from the watch stream for the scan.
+
+    Nothing to index is ``{}``, not None: kopf keeps an object's previous entries when an
+    indexer returns None, so a finished run would stay ``Running`` in the index for good.
+    """
     found = scanning.view(body)
-    return None if found is None else {found.uid: found}
+    return {} if found is None else {found.uid: found}
 
 
 @kopf.index(*RESOURCE)
-def run_phases(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str, str, str], str] | None:
+def run_phases(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str, str, str], str]:
     """Every run by ``(namespace, pool, phase)``: the gauges of ``/metrics`` are its sizes."""
     key = metrics.phase_key(body)
-    return None if key is None or uid is None else {key: uid}
+    return {} if key is None or uid is None else {key: uid}
 
 
 @kopf.on.event(*RESOURCE)

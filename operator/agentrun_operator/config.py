@@ -45,6 +45,25 @@ class OperatorSettings(BaseSettings):
     only in-memory indexes and writes only when a number changes, so 1 s costs nothing and keeps
     the time from backlog to new replicas near a second (KEDA's defaults react in 30-45 s)."""
 
+    rabbitmq_management_url: str | None = None
+    """RabbitMQ management API (``http://user:password@rabbitmq:15672``). Set: the autoscaler
+    sizes a pool from the larger of its own count and the queue's ready + unacknowledged
+    messages. The chart takes it from the connection Secret's ``rabbitmq-management-url`` key
+    when present."""
+
+    broker_stats_interval_seconds: float = 5.0
+    """Seconds between two reads of the management API: RabbitMQ refreshes its queue figures
+    every 5 s (``collect_statistics_interval``), so reading more often returns the same."""
+
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    """Prometheus that KEDA queries for pools in ``keda`` mode (a pool's
+    ``autoscaling.prometheusAddress`` overrides it). The default is the Service the
+    prometheus-operator creates; the chart sets it from ``operator.prometheusUrl``."""
+
+    keda_polling_interval_seconds: int = 10
+    """``pollingInterval`` of the ScaledObjects the operator creates. KEDA's default is 30 s;
+    10 s keeps a backlog's wait for workers short at the cost of one cheap query per pool."""
+
     worker_image: str = "ghcr.io/agentrun/agentrun-worker:latest"
     """Image of a pool without ``spec.image``; the chart passes the worker image it installed."""
 

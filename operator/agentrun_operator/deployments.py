@@ -61,6 +61,9 @@ def deployment_for(
         _secret_env("AGENTRUN_REDIS_URL", settings.connection_secret, settings.connection_redis_url_key),
         _secret_env("AGENTRUN_DATABASE_URL", settings.connection_secret, settings.connection_database_url_key),
         {"name": "AGENTRUN_LOG_FORMAT", "value": "json"},
+        # the pod's name starts each worker's instance id, so the operator knows which pod
+        # runs what and can make busy pods the last a scale-in removes (pod-deletion-cost)
+        {"name": "AGENTRUN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "dramatiq_prom_port", "value": str(settings.worker_metrics_port)},
         # runs in flight get the pod's grace period less 10 s to finish before they are
         # handed back; the rest is for the hand-back itself and the process exit

@@ -80,8 +80,21 @@ POOL_CAPACITY = prometheus_client.Gauge(
     ["namespace", "pool"],
     registry=REGISTRY,
 )
+POOL_BROKER_MESSAGES = prometheus_client.Gauge(
+    "agentrun_pool_broker_messages",
+    "Messages in a pool's queue by state (ready, unacknowledged), from the RabbitMQ management API "
+    "(only when AGENTRUN_RABBITMQ_MANAGEMENT_URL is set).",
+    ["namespace", "pool", "state"],
+    registry=REGISTRY,
+)
 POOL_GAUGES = (POOL_DESIRED_REPLICAS, POOL_REPLICAS, POOL_READY_REPLICAS, POOL_CAPACITY)
 
+LEADER = prometheus_client.Gauge(
+    "agentrun_operator_leader",
+    "1 while this operator process acts on resources (after start-up, until clean-up), else 0. "
+    "The chart runs one replica with the Recreate strategy, so at most one reports 1.",
+    registry=REGISTRY,
+)
 RUNS_DELETED = prometheus_client.Counter(
     "agentrun_runs_deleted_total",
     "Finished AgentRuns the operator deleted because their ttlSecondsAfterFinished passed.",
@@ -119,6 +132,10 @@ class IndexCollector(prometheus_client.registry.Collector):
         running = prometheus_client.core.GaugeMetricFamily(
             "agentrun_pool_running_runs", "Runs of a pool a worker is executing (Running or Stopping).",
             labels=["namespace", "pool"])
+        backlog = prometheus_client.core.GaugeMetricFamily(
+            "agentrun_pool_backlog_runs",
+            "Queued plus running runs of a pool: the metric the hpa and keda autoscaling modes follow.",
+            labels=["namespace", "pool"])
         pools: dict[tuple[str, str], collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for key, found in list(self._index.items()):
             namespace, pool, phase = key
@@ -127,9 +144,11 @@ class IndexCollector(prometheus_client.registry.Collector):
         for (namespace, pool), counts in pools.items():
             queued.add_metric([namespace, pool], sum(counts[p] for p in QUEUED_PHASES))
             running.add_metric([namespace, pool], sum(counts[p] for p in RUNNING_PHASES))
+            backlog.add_metric([namespace, pool], sum(counts[p] for p in QUEUED_PHASES | RUNNING_PHASES))
         yield by_phase
         yield queued
         yield running
+        yield backlog
 
 
 class Tracker:

@@ -7,23 +7,31 @@ queued and running runs from the ``run_phases`` index — with
 ``scaleDownStabilizationSeconds`` (:class:`agentrun_operator.deployments.Stabilizer`), and
 writes the Deployment's ``spec.replicas`` and the pool's status only when a number changes.
 Pools in ``hpa`` or ``keda`` mode only get their status (queued, running) written.
+
+In every mode each worker pod's ``controller.kubernetes.io/pod-deletion-cost`` is kept equal
+to the number of runs it executes (from ``status.workerInstance``, whose first part is the
+pod name): when a Deployment shrinks, its ReplicaSet removes the pods of lowest cost first,
+so idle workers go before busy ones. The pass writes the costs before it changes replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Any
 
 import kopf
 import lightkube
+import lightkube.resources.core_v1
 import lightkube.types
 import structlog
 
-from agentrun import kube
-from agentrun_operator import config, deployments, metrics, workerpools
+from agentrun import kube, message
+from agentrun_operator import brokerstats, config, deployments, metrics, scanning, workerpools
 
 logger = structlog.get_logger(__name__)
+Pod = lightkube.resources.core_v1.Pod
 
 
 def backlog(run_phases: kopf.Index[tuple[str, str, str], str], namespace: str, pool: str) -> tuple[int, int]:
@@ -42,12 +50,19 @@ class Autoscaler:
         run_phases: kopf.Index[tuple[str, str, str], str],
         pool_deployments: kopf.Index[tuple[str, str], tuple[int, int, int]],
         op: config.OperatorSettings,
+        pool_pods: kopf.Index[tuple[str, str], tuple[str, str | None]] | None = None,
+        run_views: kopf.Index[str, scanning.RunView] | None = None,
+        broker_stats: brokerstats.BrokerStats | None = None,
     ) -> None:
         self._api = api
         self._pools = pools
         self._runs = run_phases
         self._deployments = pool_deployments
         self._op = op
+        self._pods = pool_pods
+        self._broker_stats = broker_stats
+        self._depths: dict[str, tuple[int, int]] = {}
+        self._views = run_views
         self._stabilizers: dict[tuple[str, str], deployments.Stabilizer] = {}
         self._applied: dict[tuple[str, str], int] = {}
         self._reported: dict[tuple[str, str], dict[str, int]] = {}
@@ -65,10 +80,14 @@ class Autoscaler:
 
     async def pass_once(self, now: float) -> None:
         seen: set[tuple[str, str]] = set()
+        busy = self._runs_per_pod()
+        if self._broker_stats is not None:
+            self._depths = await self._broker_stats.depths()
         for key, found in list(self._pools.items()):
             for spec in found:
                 seen.add(key)
                 try:
+                    await self._mark_costs(key, busy)
                     await self._scale(key, spec, now)
                 except Exception as exc:
                     metrics.RECONCILE_ERRORS.labels("autoscale").inc()
@@ -82,14 +101,26 @@ class Autoscaler:
                     gauge.remove(*gone)
                 except KeyError:
                     pass
+            for state in ("ready", "unacknowledged"):
+                try:
+                    metrics.POOL_BROKER_MESSAGES.remove(*gone, state)
+                except KeyError:
+                    pass
 
     async def _scale(self, key: tuple[str, str], spec: dict[str, Any], now: float) -> None:
         namespace, pool = key
         queued, running = backlog(self._runs, namespace, pool)
         report = {"queued": queued, "running": running}
+        messages = self._depths.get(message.queue_name(namespace, pool))
+        if messages is not None:
+            report["brokerMessages"] = sum(messages)
+            metrics.POOL_BROKER_MESSAGES.labels(namespace, pool, "ready").set(messages[0])
+            metrics.POOL_BROKER_MESSAGES.labels(namespace, pool, "unacknowledged").set(messages[1])
         if (spec.get("autoscaling") or {}).get("mode", "operator") == "operator":
+            # the broker may hold runs the operator does not know of: size for the larger count
+            extra = max(0, sum(messages) - queued - running) if messages is not None else 0
             desired = deployments.desired_replicas(
-                queued, running, runs_per_replica=int(spec.get("runsPerReplica", 8)),
+                queued + extra, running, runs_per_replica=int(spec.get("runsPerReplica", 8)),
                 min_replicas=int(spec.get("minReplicas", 1)), max_replicas=int(spec.get("maxReplicas", 10)),
             )
             window = float(spec.get("scaleDownStabilizationSeconds", 300))
@@ -116,6 +147,34 @@ class Autoscaler:
             await self._api.patch(kube.WorkerPool.Status, pool, {"status": report}, namespace=namespace,
                                   patch_type=lightkube.types.PatchType.MERGE)
             self._reported[key] = report
+
+    def _runs_per_pod(self) -> collections.Counter[tuple[str, str]]:
+        """Live runs by ``(namespace, pod)``."""
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        if self._views is not None:
+            for _, found in list(self._views.items()):
+                for v in found:
+                    if v.worker_host is not None:
+                        counts[(v.namespace, v.worker_host)] += 1
+        return counts
+
+    async def _mark_costs(self, key: tuple[str, str], busy: collections.Counter[tuple[str, str]]) -> None:
+        """Set each pod's deletion cost to its runs in flight, where it differs."""
+        if self._pods is None:
+            return
+        namespace = key[0]
+        for pod, current in list(self._pods.get(key, [])):
+            wanted = str(busy[(namespace, pod)])
+            if current == wanted or (current is None and wanted == "0"):
+                continue
+            try:
+                await self._api.patch(Pod, pod, {"metadata": {"annotations": {workerpools.DELETION_COST: wanted}}},
+                                      namespace=namespace, patch_type=lightkube.types.PatchType.MERGE)
+            except kube.ApiError as exc:
+                if not kube.is_not_found(exc):  # a pod that just went away needs no cost
+                    raise
+            else:
+                logger.debug("pod.deletion_cost", namespace=namespace, pod=pod, cost=wanted)
 
     async def _set_replicas(self, namespace: str, pool: str, replicas: int) -> bool:
         """Patch the Deployment's replicas; False while it does not exist yet."""

@@ -21,8 +21,8 @@ import structlog
 
 from agentrun import broker, kube, log, store
 from agentrun import settings as agentrun_settings
+from agentrun_operator import brokerstats, metrics, scaling, scanning
 from agentrun_operator import config as operator_config
-from agentrun_operator import metrics, scaling, scanning
 
 logger = structlog.get_logger(__name__)
 
@@ -68,8 +68,15 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     memo.metrics_server = None
     if memo.operator_config.metrics_port:
         memo.metrics_server = metrics.serve(memo.operator_config.metrics_port, run_phases)
+    memo.broker_stats = None
+    if memo.operator_config.rabbitmq_management_url:
+        memo.broker_stats = brokerstats.BrokerStats(
+            memo.operator_config.rabbitmq_management_url, config.broker_url,
+            interval_seconds=memo.operator_config.broker_stats_interval_seconds)
     autoscaler = scaling.Autoscaler(api=memo.api, pools=pool_specs, run_phases=run_phases,
-                                    pool_deployments=pool_deployments, op=memo.operator_config)
+                                    pool_deployments=pool_deployments, op=memo.operator_config,
+                                    pool_pods=kwargs["pool_pods"], run_views=run_views,
+                                    broker_stats=memo.broker_stats)
     memo.autoscale_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="agentrun-autoscale")
     memo.scan_task = None
     if memo.redis is not None:
@@ -81,6 +88,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         memo.scan_task = asyncio.get_running_loop().create_task(scanner.run_forever(), name="agentrun-scan")
     else:
         logger.warning("operator.no_scan", why="no Redis configured (AGENTRUN_REDIS_URL): lost workers go unnoticed")
+    metrics.LEADER.set(1)
     logger.info(
         "operator.started",
         broker=log.redact_url(config.broker_url) or "stub",
@@ -92,12 +100,15 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    metrics.LEADER.set(0)
     for name in ("scan_task", "autoscale_task"):
         task = getattr(memo, name, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    if getattr(memo, "broker_stats", None) is not None:
+        await memo.broker_stats.close()
     if getattr(memo, "metrics_server", None) is not None:
         memo.metrics_server.close()
     if getattr(memo, "store", None) is not None:

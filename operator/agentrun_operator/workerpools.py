@@ -5,8 +5,9 @@ The ``pool_queues`` index lets the AgentRun dispatcher find a run's queue withou
 On create, resume and update the pool's Deployment (built by
 :func:`agentrun_operator.deployments.deployment_for`) is created if absent, or patched if the
 pool owns it; a Deployment of the same name the pool does not own is left alone and reported.
-No deletion handler (so no finalizer): the Deployment's ownerReference lets Kubernetes' garbage
-collector remove it with the pool.
+In ``hpa`` and ``keda`` mode the pool also gets its HorizontalPodAutoscaler or ScaledObject
+(:mod:`agentrun_operator.autoscalers`). No deletion handler (so no finalizer): ownerReferences
+let Kubernetes' garbage collector remove the Deployment and the autoscaler with the pool.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import lightkube.types
 import structlog
 
 from agentrun import kube, message
-from agentrun_operator import config, deployments, metrics
+from agentrun_operator import autoscalers, config, deployments, metrics
 
 logger = structlog.get_logger(__name__)
 
@@ -44,13 +45,26 @@ def pool_specs(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -
 
 @kopf.index("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": deployments.MANAGED_BY})
 def pool_deployments(*, namespace: str | None, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
-                     **_: Any) -> dict[tuple[str, str], tuple[int, int, int]] | None:
+                     **_: Any) -> dict[tuple[str, str], tuple[int, int, int]]:
     """``(spec.replicas, status.replicas, status.readyReplicas)`` of each pool's Deployment."""
     pool = labels.get(deployments.POOL_LABEL)
     if namespace is None or pool is None:
-        return None
+        return {}  # {} (not None) drops what the object indexed before
     return {(namespace, pool): (int(spec.get("replicas") or 0), int(status.get("replicas") or 0),
                                 int(status.get("readyReplicas") or 0))}
+
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+@kopf.index("", "v1", "pods", labels={"app.kubernetes.io/managed-by": deployments.MANAGED_BY})
+def pool_pods(*, namespace: str | None, name: str, labels: kopf.Labels, annotations: kopf.Annotations,
+              **_: Any) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """``(pod name, its pod-deletion-cost annotation)`` of each worker pod, by pool."""
+    pool = labels.get(deployments.POOL_LABEL)
+    if namespace is None or pool is None:
+        return {}  # {} (not None) drops what the object indexed before
+    return {(namespace, pool): (name, annotations.get(DELETION_COST))}
 
 
 @kopf.on.resume(*RESOURCE)
@@ -76,6 +90,20 @@ async def reconcile_pool(
         kopf.warn(body, reason=reason, message=text)
     else:
         kopf.info(body, reason=reason, message=text)
+    try:
+        reason, text = await autoscalers.ensure(memo.api, dict(body), memo.operator_config)
+        status = "False" if reason.endswith("Conflict") else "True"
+    except autoscalers.AutoscalerUnavailable as exc:
+        reason, text, status = "AutoscalerUnavailable", str(exc), "False"
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels("workerpool").inc()
+        raise
+    patch.status["conditions"] = kube.set_condition(
+        patch.status["conditions"], "AutoscalerReconciled", status, reason=reason, message=text,
+        generation=meta.get("generation"),
+    )
+    if status == "False":
+        kopf.warn(body, reason=reason, message=text)
 
 
 async def ensure_deployment(

@@ -181,6 +181,9 @@ OPERATOR_RULES = {
     ("agentrun.io", "workerpools"): {"list", "watch", "patch"},
     ("agentrun.io", "workerpools/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
+    ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
+    ("", "pods"): {"list", "watch", "patch"},
     ("", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
@@ -283,7 +286,7 @@ def test_gateway_scenario() -> None:
         [ingress] = policy["spec"]["ingress"]
         assert ingress["ports"] == [{"port": port, "protocol": "TCP"}] and ingress["from"]
         egress_ports = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
-        assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (5672, "TCP"),
+        assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (5672, "TCP"), (15672, "TCP"),
                                 (6379, "TCP"), (5432, "TCP")}
     pdb = only(docs, "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1,

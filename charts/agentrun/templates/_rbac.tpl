@@ -34,6 +34,20 @@ in a Role in each of watchNamespaces otherwise.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# A pool in hpa or keda mode gets a HorizontalPodAutoscaler or KEDA ScaledObject, owned by the
+# pool; the operator deletes the one a pool no longer uses when its mode changes.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch", "delete"]
+# (the KEDA ScaledObject of a pool in keda mode; without KEDA the GET answers 404: nothing to do)
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "create", "patch", "delete"]
+# Worker pods: the operator indexes them and keeps each one's pod-deletion-cost equal to its
+# runs in flight, so a scale-in removes idle workers first.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "patch"]
 # kopf and the operator post Events on the resources they handle.
 - apiGroups: [""]
   resources: ["events"]

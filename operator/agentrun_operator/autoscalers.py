@@ -1,0 +1,200 @@
+"""The HorizontalPodAutoscaler or KEDA ScaledObject of a WorkerPool in ``hpa``/``keda`` mode.
+
+Pure builders (:func:`hpa_for`, :func:`scaled_object_for`) return the manifests; the
+WorkerPool handler calls :func:`ensure` on every change of the pool, which creates or
+patches the one the pool's mode asks for and deletes the other (and both in ``operator``
+mode) when the pool owns it. Both scale the pool's Deployment on the metric the operator
+exports, ``agentrun_pool_backlog_runs`` (queued + running runs of the pool), with one
+replica per ``runsPerReplica`` runs: the same formula as the operator's own autoscaler, so
+switching modes does not change the size a backlog asks for.
+
+- ``hpa``: an ``autoscaling/v2`` HPA on the *external* metric ``agentrun_pool_backlog_runs``
+  with the selector ``pool=<name>`` (served by prometheus-adapter; the rule is in
+  ``docs/operator.md``), target ``AverageValue`` = ``runsPerReplica``. An HPA cannot scale to
+  zero without the ``HPAScaleToZero`` feature gate, so ``minReplicas: 0`` becomes 1 there.
+- ``keda``: a ``keda.sh/v1alpha1`` ScaledObject with a Prometheus trigger on the same sum,
+  ``ignoreNullValues: "false"`` (an empty answer is an error, never a zero) and a fallback
+  to ``autoscaling.fallbackReplicas`` (default ``maxReplicas``) after three failed queries,
+  so a missing metric never scales a busy pool in.
+
+Both carry the pool's ``scaleDownStabilizationSeconds`` as the scale-down stabilization
+window and scale up without one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightkube
+import lightkube.codecs
+import lightkube.generic_resource
+import lightkube.resources.autoscaling_v2
+import lightkube.types
+import structlog
+
+from agentrun import kube
+from agentrun_operator import config, deployments
+
+logger = structlog.get_logger(__name__)
+
+HorizontalPodAutoscaler = lightkube.resources.autoscaling_v2.HorizontalPodAutoscaler
+ScaledObject = lightkube.generic_resource.create_namespaced_resource(
+    "keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+
+METRIC = "agentrun_pool_backlog_runs"
+"""The operator's gauge both autoscalers follow: queued plus running runs of a pool."""
+
+FALLBACK_FAILURES = 3
+"""Failed Prometheus queries in a row before KEDA falls back to ``fallbackReplicas``."""
+
+
+def mode(spec: dict[str, Any]) -> str:
+    return str((spec.get("autoscaling") or {}).get("mode", "operator"))
+
+
+def _owner(pool: dict[str, Any]) -> dict[str, Any]:
+    meta = pool["metadata"]
+    return {"apiVersion": pool.get("apiVersion", "agentrun.io/v1alpha1"), "kind": pool.get("kind", "WorkerPool"),
+            "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(pool: dict[str, Any]) -> dict[str, Any]:
+    meta = pool["metadata"]
+    return {"name": deployments.deployment_name(meta["name"]), "namespace": meta["namespace"],
+            "labels": deployments.labels(meta["name"]), "ownerReferences": [_owner(pool)]}
+
+
+def _behavior(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "scaleUp": {"stabilizationWindowSeconds": 0},
+        "scaleDown": {"stabilizationWindowSeconds": int(spec.get("scaleDownStabilizationSeconds", 300))},
+    }
+
+
+def hpa_for(pool: dict[str, Any]) -> dict[str, Any]:
+    """The ``autoscaling/v2`` HPA of a pool in ``hpa`` mode."""
+    meta, spec = pool["metadata"], pool.get("spec") or {}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(pool),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": deployments.deployment_name(meta["name"])},
+            "minReplicas": max(1, int(spec.get("minReplicas", 1))),
+            "maxReplicas": max(1, int(spec.get("maxReplicas", 10))),
+            "metrics": [{
+                "type": "External",
+                "external": {
+                    "metric": {"name": METRIC, "selector": {"matchLabels": {"pool": meta["name"][:63]}}},
+                    "target": {"type": "AverageValue", "averageValue": str(int(spec.get("runsPerReplica", 8)))},
+                },
+            }],
+            "behavior": _behavior(spec),
+        },
+    }
+
+
+def backlog_query(namespace: str, pool: str) -> str:
+    """PromQL for a pool's backlog: empty (not 0) when the operator's series is missing."""
+    return f'sum({METRIC}{{namespace="{namespace}",pool="{pool}"}})'
+
+
+def scaled_object_for(pool: dict[str, Any], settings: config.OperatorSettings) -> dict[str, Any]:
+    """The ``keda.sh/v1alpha1`` ScaledObject of a pool in ``keda`` mode."""
+    meta, spec = pool["metadata"], pool.get("spec") or {}
+    autoscaling = spec.get("autoscaling") or {}
+    max_replicas = int(spec.get("maxReplicas", 10))
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _metadata(pool),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": deployments.deployment_name(meta["name"])},
+            "minReplicaCount": int(spec.get("minReplicas", 1)),
+            "maxReplicaCount": max_replicas,
+            "pollingInterval": settings.keda_polling_interval_seconds,
+            "cooldownPeriod": int(spec.get("scaleDownStabilizationSeconds", 300)),
+            "fallback": {"failureThreshold": FALLBACK_FAILURES,
+                         "replicas": int(autoscaling.get("fallbackReplicas", max_replicas))},
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
+            "triggers": [{
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": autoscaling.get("prometheusAddress") or settings.prometheus_url,
+                    "query": backlog_query(meta["namespace"], meta["name"]),
+                    "threshold": str(int(spec.get("runsPerReplica", 8))),
+                    "ignoreNullValues": "false",
+                },
+            }],
+        },
+    }
+
+
+class AutoscalerUnavailable(Exception):
+    """The cluster does not serve the API the pool's mode needs (KEDA not installed)."""
+
+
+async def ensure(
+    api: lightkube.AsyncClient, pool: dict[str, Any], settings: config.OperatorSettings
+) -> tuple[str, str]:
+    """Bring the pool's HPA / ScaledObject in line with its mode; ``(reason, message)``."""
+    meta, spec = pool["metadata"], pool.get("spec") or {}
+    wanted = mode(spec)
+    name = deployments.deployment_name(meta["name"])
+    manifests: dict[str, tuple[Any, dict[str, Any] | None]] = {
+        "hpa": (HorizontalPodAutoscaler, hpa_for(pool) if wanted == "hpa" else None),
+        "keda": (ScaledObject, scaled_object_for(pool, settings) if wanted == "keda" else None),
+    }
+    result = ("OperatorScaling", "the operator scales the Deployment itself")
+    for kind, (resource, manifest) in manifests.items():
+        if manifest is None:
+            await _delete_owned(api, resource, name, meta)
+            continue
+        try:
+            result = await _apply(api, resource, manifest, meta)
+        except kube.ApiError as exc:
+            if kind == "keda" and kube.is_not_found(exc):
+                raise AutoscalerUnavailable(
+                    "autoscaling.mode is keda but the cluster does not serve keda.sh/v1alpha1 ScaledObjects: "
+                    "install KEDA, or use autoscaling.mode operator or hpa") from None
+            raise
+    return result
+
+
+async def _apply(api: lightkube.AsyncClient, resource: Any, manifest: dict[str, Any],
+                 meta: dict[str, Any]) -> tuple[str, str]:
+    name, namespace, kind = manifest["metadata"]["name"], manifest["metadata"]["namespace"], manifest["kind"]
+    try:
+        current = kube.to_dict(await api.get(resource, name, namespace=namespace))
+    except kube.ApiError as exc:
+        if not kube.is_not_found(exc):
+            raise
+        await api.create(lightkube.codecs.from_dict(manifest))
+        logger.info("pool.autoscaler_created", namespace=namespace, pool=meta["name"], kind=kind)
+        return f"{kind}Created", f"{kind} {name} created"
+    if not _owned(current, meta):
+        return f"{kind}Conflict", f"{kind} {name} exists and is not owned by this WorkerPool"
+    await api.patch(resource, name, {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]},
+                    namespace=namespace, patch_type=lightkube.types.PatchType.MERGE)
+    return f"{kind}Updated", f"{kind} {name} up to date"
+
+
+async def _delete_owned(api: lightkube.AsyncClient, resource: Any, name: str, meta: dict[str, Any]) -> None:
+    """Delete the pool's object of a mode it left; absent API or object is nothing to do."""
+    try:
+        current = kube.to_dict(await api.get(resource, name, namespace=meta["namespace"]))
+    except kube.ApiError as exc:
+        if kube.is_not_found(exc):
+            return
+        raise
+    if _owned(current, meta):
+        await api.delete(resource, name, namespace=meta["namespace"])
+        logger.info("pool.autoscaler_deleted", namespace=meta["namespace"], pool=meta["name"],
+                    kind=current.get("kind"))
+
+
+def _owned(obj: dict[str, Any], meta: dict[str, Any]) -> bool:
+    return any(o.get("uid") == meta["uid"] for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
