@@ -20,6 +20,7 @@ import datetime
 from typing import Any
 
 import dramatiq
+import dramatiq.errors
 import kopf
 import lightkube
 import structlog
@@ -27,6 +28,9 @@ import structlog
 from agentrun import broker, keys, kube, message, phases
 
 logger = structlog.get_logger(__name__)
+
+BROKER_RETRY_SECONDS = 5
+"""Seconds before a dispatch that found the broker down is tried again."""
 
 
 class PoolMissing(Exception):
@@ -99,11 +103,18 @@ async def dispatch(
         if marked is None:
             return  # someone else moved it on in the meantime
 
-    message_id = await publish(
-        dramatiq_broker, queue, uid=uid, namespace=namespace, name=name,
-        generation=int(meta.get("generation") or 1), attempt=attempt, thread_id=thread_id,
-        queued_at=queued_at, spec=dict(spec),
-    )
+    try:
+        message_id = await publish(
+            dramatiq_broker, queue, uid=uid, namespace=namespace, name=name,
+            generation=int(meta.get("generation") or 1), attempt=attempt, thread_id=thread_id,
+            queued_at=queued_at, spec=dict(spec),
+        )
+    except dramatiq.errors.ConnectionError as exc:
+        # The run stays Queued; kopf calls this again soon (not after its 60 s default), and
+        # the same message id makes a publish that did reach the broker harmless.
+        log.warning("run.publish_failed", why="broker unreachable", error=type(exc).__name__)
+        raise kopf.TemporaryError(f"the broker is unreachable ({type(exc).__name__}); retrying",
+                                  delay=BROKER_RETRY_SECONDS) from None
     kopf.info(body, reason="Queued", message=f"attempt {attempt} queued on {queue}")
     log.info("run.queued", queue=queue, attempt=attempt, message_id=message_id)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightkube.resources.core_v1
+import lightkube.types
 import pytest
 
 from agentrun import kube
@@ -54,7 +55,7 @@ def condition(bed: harness.Bed, namespace: str, name: str, type_: str) -> dict[s
 
 def set_spec(bed: harness.Bed, namespace: str, name: str, spec: dict[str, Any]) -> None:
     bed.api.patch(kube.WorkerPool, name, {"spec": spec}, namespace=namespace,
-                  patch_type=__import__("lightkube.types").types.PatchType.MERGE)
+                  patch_type=lightkube.types.PatchType.MERGE)
 
 
 def test_a_pool_follows_its_mode_hpa_then_keda_then_operator(bed: harness.Bed, operator: Any, namespace: str) -> None:
