@@ -118,15 +118,21 @@ async def transition(
     uid: str | None = None,
     fields: dict[str, Any] | None = None,
     condition: tuple[str, str, str, str] | None = None,
+    seen: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Move an AgentRun to ``phase`` (at ``attempt``) if the lifecycle allows it.
 
     Returns the patched object, or None when the transition is not allowed (the run is
     already further along, terminal, or was replaced by another object of the same name).
     ``condition`` is ``(type, status, reason, message)``. Raises ApiError 404 when gone.
+    ``seen`` is the object as the caller last saw it (a watch event's body): the first try
+    patches against its ``resourceVersion`` without a GET, and a conflict falls back to GET.
     """
     for _ in range(_MAX_CONFLICT_RETRIES):
-        current = to_dict(await api.get(AgentRun, name, namespace=namespace))
+        if seen is not None and (seen.get("metadata") or {}).get("resourceVersion"):
+            current, seen = seen, None
+        else:
+            current = to_dict(await api.get(AgentRun, name, namespace=namespace))
         meta = current.get("metadata", {})
         if uid is not None and meta.get("uid") != uid:
             return None

@@ -647,8 +647,12 @@ class Emulator(kmock.KubernetesEmulator):
         crd = self._store[resources.CRDS].get((None, rtype.crd_name or ""))
         if crd is None:
             return obj
-        admission = self.admission or validation.schema_admission
-        defaulted, problems = admission(copy.deepcopy(crd), copy.deepcopy(obj))
+        if self.admission is None:
+            # The stored CRD is passed as it is: its compiled schema is cached by identity, and
+            # neither argument is modified (defaulting works on a copy).
+            defaulted, problems = validation.schema_admission(crd, obj, old)
+        else:
+            defaulted, problems = self.admission(copy.deepcopy(crd), copy.deepcopy(obj))
         unknown = [p for p in problems if validation.is_unknown_field(p)]
         problems = [p for p in problems if not validation.is_unknown_field(p)]
         if unknown and self._field_validation == "Strict":

@@ -39,8 +39,13 @@ Admission = Callable[[Mapping[str, Any], dict[str, Any]], tuple[dict[str, Any], 
 _warned = False
 
 
-def schema_admission(crd: Mapping[str, Any], obj: dict[str, Any]) -> tuple[dict[str, Any], Sequence[FieldError]]:
-    """Defaults and validation by ``agentrun.schema`` (no-op, with one warning, if it is missing)."""
+def schema_admission(crd: Mapping[str, Any], obj: dict[str, Any], old: Mapping[str, Any] | None = None
+                     ) -> tuple[dict[str, Any], Sequence[FieldError]]:
+    """Defaults and validation by ``agentrun.schema`` (no-op, with one warning, if it is missing).
+
+    ``old`` is the stored object on an update: values it leaves unchanged skip the CEL rules
+    (validation ratcheting). Neither ``crd`` nor ``obj`` is modified.
+    """
     global _warned
     try:
         schema = importlib.import_module("agentrun.schema")
@@ -53,7 +58,7 @@ def schema_admission(crd: Mapping[str, Any], obj: dict[str, Any]) -> tuple[dict[
         return obj, []
     version = str(obj.get("apiVersion", "")).rpartition("/")[2]
     defaulted: dict[str, Any] = schema.apply_defaults(crd, obj, version)
-    return defaulted, list(schema.validate(crd, defaulted, version))
+    return defaulted, list(schema.validate(crd, defaulted, version, old=old))
 
 
 _REASONS = (

@@ -50,6 +50,9 @@ async def observe_run(*, type: str | None, body: kopf.Body, memo: Any, **_: Any)
     miss the deletion, the worker notices it itself at its next heartbeat.
     """
     metrics.TRACKER.observe(type, body)
+    autoscaler = getattr(memo, "autoscaler", None)
+    if autoscaler is not None:
+        autoscaler.nudge()
     if type == "DELETED":
         await stop_deleted_run(body, memo)
 

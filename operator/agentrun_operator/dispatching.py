@@ -99,6 +99,7 @@ async def dispatch(
                 "message": None,
             },
             condition=("Dispatched", "True", "Queued", f"queued on {queue}"),
+            seen=dict(body),
         )
         if marked is None:
             return  # someone else moved it on in the meantime

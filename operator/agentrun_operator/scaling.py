@@ -6,7 +6,9 @@ queued and running runs from the ``run_phases`` index — with
 :func:`agentrun_operator.deployments.desired_replicas`, holds scale-downs for the pool's
 ``scaleDownStabilizationSeconds`` (:class:`agentrun_operator.deployments.Stabilizer`), and
 writes the Deployment's ``spec.replicas`` and the pool's status only when a number changes.
-Pools in ``hpa`` or ``keda`` mode only get their status (queued, running) written.
+Pools in ``hpa`` or ``keda`` mode only get their status (queued, running) written. A run's
+phase change nudges the loop (:meth:`Autoscaler.nudge`), so a backlog is answered within
+``autoscale_coalesce_seconds`` rather than at the next interval.
 
 In every mode each worker pod's ``controller.kubernetes.io/pod-deletion-cost`` is kept equal
 to the number of runs it executes (from ``status.workerInstance``, whose first part is the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from typing import Any
 
@@ -61,6 +64,7 @@ class Autoscaler:
         self._op = op
         self._pods = pool_pods
         self._broker_stats = broker_stats
+        self._wake = asyncio.Event()
         self._depths: dict[str, tuple[int, int]] = {}
         self._views = run_views
         self._stabilizers: dict[tuple[str, str], deployments.Stabilizer] = {}
@@ -76,7 +80,15 @@ class Autoscaler:
             except Exception as exc:  # never let the loop die; the next pass retries
                 metrics.RECONCILE_ERRORS.labels("autoscale").inc()
                 logger.exception("autoscale.failed", error=str(exc))
-            await asyncio.sleep(self._op.autoscale_interval_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._op.autoscale_interval_seconds)
+            # a burst of changes (a thousand runs created at once) makes one pass, not a thousand
+            await asyncio.sleep(self._op.autoscale_coalesce_seconds)
+            self._wake.clear()
+
+    def nudge(self) -> None:
+        """A run changed phase: pass again now rather than at the next interval."""
+        self._wake.set()
 
     async def pass_once(self, now: float) -> None:
         seen: set[tuple[str, str]] = set()
@@ -151,7 +163,7 @@ class Autoscaler:
     def _runs_per_pod(self) -> collections.Counter[tuple[str, str]]:
         """Live runs by ``(namespace, pod)``."""
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        if self._views is not None:
+        if self._views is not None and self._pods:  # no worker pods (yet): nothing to mark
             for _, found in list(self._views.items()):
                 for v in found:
                     if v.worker_host is not None:

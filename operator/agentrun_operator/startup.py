@@ -77,6 +77,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
                                     pool_deployments=pool_deployments, op=memo.operator_config,
                                     pool_pods=kwargs["pool_pods"], run_views=run_views,
                                     broker_stats=memo.broker_stats)
+    memo.autoscaler = autoscaler
     memo.autoscale_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="agentrun-autoscale")
     memo.scan_task = None
     if memo.redis is not None:

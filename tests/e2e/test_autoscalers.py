@@ -112,6 +112,12 @@ def test_a_pool_follows_its_mode_hpa_then_keda_then_operator(bed: harness.Bed, o
     assert harness.wait_until(lambda: (c := condition(bed, namespace, "auto", "AutoscalerReconciled"))
                               and c["status"] == "True" and c, 20, "the condition to clear")["reason"] == \
         "ScaledObjectCreated"
+    # When the pool changes, the ScaledObject follows
+    set_spec(bed, namespace, "auto", {"runsPerReplica": 2})
+    harness.wait_until(
+        lambda: (found(bed, "keda.sh/v1alpha1", "scaledobjects", namespace, "auto-workers") or {})
+        .get("spec", {}).get("triggers", [{}])[0].get("metadata", {}).get("threshold") == "2",
+        20, "the ScaledObject to follow runsPerReplica")
     # When it goes back to operator mode, the ScaledObject is deleted and the operator scales
     set_spec(bed, namespace, "auto", {"autoscaling": {"mode": "operator"}})
     harness.wait_until(lambda: found(bed, "keda.sh/v1alpha1", "scaledobjects", namespace, "auto-workers") is None,

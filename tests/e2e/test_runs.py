@@ -66,7 +66,10 @@ def test_a_run_goes_queued_running_succeeded_and_everything_agrees(
     assert status["result"] == SCRIPT[-1]["text"]
     assert status["queuedAt"] <= status["startedAt"] <= status["finishedAt"]
     # And the stream holds exactly the scripted output, in order, plus one terminal event
-    events = stream_events(bed.redis_url, uid)
+    # (written just after the resource's final phase: the worker's order is DB, resource, stream)
+    events = harness.wait_until(
+        lambda: (found := stream_events(bed.redis_url, uid)) and streams.is_terminal(found[-1]) and found, 10,
+        "the terminal stream event")
     text = "".join(e["delta"] for e in events if e["type"] == streams.ASSISTANT)
     assert text == SCRIPT[0]["text"] + SCRIPT[1]["text"]
     terminal = [e for e in events if streams.is_terminal(e)]
