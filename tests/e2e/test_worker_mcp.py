@@ -161,3 +161,24 @@ def test_an_mcp_server_that_cannot_start_fails_the_run_naming_it(
     status = bed.wait_phase(namespace, "nostart", "Failed", "Succeeded", timeout=60)["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "MCPServerUnavailable"), status
     assert 'MCP server "ghost" (stdio) could not be started' in status["message"]
+
+
+def test_a_stop_while_the_mcp_servers_start_ends_the_run_stopped(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a run whose stdio "server" never answers the handshake, on a worker that would wait an hour
+    bed.start_worker(f"agentrun.{namespace}.default", AGENTRUN_MCP_CONNECT_TIMEOUT_SECONDS="3600")
+    tag = uuid.uuid4().hex
+    spec = agentrun(namespace, "starting")
+    spec["spec"]["agent"]["mcpServers"] = [{"name": "silent", "transport": "stdio", "command": sys.executable,
+                                            "args": ["-c", "import time; time.sleep(3600)", tag]}]
+    uid = bed.create(spec)["metadata"]["uid"]
+    harness.wait_until(lambda: server_processes(tag), 60, "the worker to spawn the server")
+    # When the user stops it
+    bed.patch_spec(namespace, "starting", {"stop": True})
+    # Then it ends Stopped without a model turn, and the process is gone
+    status = bed.wait_phase(namespace, "starting", "Stopped", "Succeeded", "Failed", timeout=60)["status"]
+    assert (status["phase"], status["reason"], status["iterations"]) == ("Stopped", "StopRequested", 0), status
+    events = stream_events(bed.redis_url, uid)
+    assert not [e for e in events if e["type"] == streams.ASSISTANT]
+    harness.wait_until(lambda: not server_processes(tag), 30, "the server process to exit")

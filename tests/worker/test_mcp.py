@@ -231,3 +231,38 @@ def _cmdline_has(proc: pathlib.Path, marker: str) -> bool:
         return marker in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+async def test_a_stop_while_servers_start_interrupts_at_once_and_ends_them(toolbox: mcp.Toolbox) -> None:
+    # Given a stdio "server" that never answers the MCP handshake (connect timeout far away)
+    tag = uuid.uuid4().hex
+    silent = {"name": "silent", "transport": "stdio", "command": sys.executable,
+              "args": ["-c", "import time; time.sleep(3600)", tag]}
+    stop = asyncio.Event()
+    starting = asyncio.get_running_loop().create_task(
+        mcp.registry_for({"mcpServers": [silent]}, settings(mcp_connect_timeout_seconds=3600), toolbox, stop))
+    polls = 0
+    while not [p for p in pathlib.Path("/proc").glob("[0-9]*") if _cmdline_has(p, tag)]:
+        polls += 1
+        assert polls < 1200, "the server process never started"
+        await asyncio.sleep(0.05)
+    assert not starting.done()
+    # When the run is asked to stop
+    stop.set()
+    # Then the start is interrupted (not a failure), and the process is gone
+    with pytest.raises(mcp.Interrupted):
+        await starting
+    assert not [p for p in pathlib.Path("/proc").glob("[0-9]*") if _cmdline_has(p, tag)]
+
+
+async def test_tool_names_stay_unique_across_servers_whose_long_names_share_a_prefix(
+    toolbox: mcp.Toolbox,
+) -> None:
+    # Given two servers with 63-character names: every tool name is cut to 64 characters, and
+    # the suffixes that keep them apart cut into the server names, where they are the same
+    first, second = "x" * 61 + "ab", "x" * 61 + "ac"
+    registry = await mcp.registry_for({"mcpServers": [stdio(first), stdio(second)]}, settings(), toolbox)
+    # Then the run still has twelve distinct MCP tool names within the providers' limit
+    names = registry.names
+    assert len(names) == len(set(names)) == 2 + 12
+    assert all(len(n) <= 64 and not mcp._INVALID.search(n) for n in names)

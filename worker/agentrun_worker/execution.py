@@ -282,9 +282,12 @@ class Execution:
         agent_spec = msg.spec.get("agent") or {}
         try:
             provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
-            registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox)
+            registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox, watch.requested)
         except (providers_base.ProviderUnavailable, tools.ToolNotFound, mcp.ServerUnavailable) as exc:
             await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+            return
+        except mcp.Interrupted:
+            await self._finish(phases.Phase.STOPPED, watch.reason or "StopRequested", "stopped on request")
             return
         stored = [m for m in await self.c.store.list_messages(msg.thread_id)
                   if m.role in ("user", "assistant", "tool")]

@@ -60,6 +60,10 @@ class ServerUnavailable(Exception):
     reason = "MCPServerUnavailable"
 
 
+class Interrupted(Exception):
+    """The run was asked to stop while its servers were starting: it ends ``Stopped``."""
+
+
 class _FromEnv(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -170,9 +174,10 @@ def _describe(exc: BaseException) -> str:
 class Connection:
     """One live MCP server of a run, owned by its own task."""
 
-    def __init__(self, spec: ServerSpec, settings: config.WorkerSettings) -> None:
+    def __init__(self, spec: ServerSpec, settings: config.WorkerSettings, taken: set[str]) -> None:
         self.spec = spec
         self._settings = settings
+        self._taken = taken
         self._closing = asyncio.Event()
         self._ready: asyncio.Future[tuple[Client, list[mcp_types.Tool]]] = (
             asyncio.get_running_loop().create_future())
@@ -240,8 +245,7 @@ class Connection:
             raise ServerUnavailable(
                 f'MCP server "{self.spec.name}" ({self.spec.transport}) could not be started: {_describe(exc)}'
             ) from None
-        taken: set[str] = set()
-        offered = tuple(self._tool(t, tool_name(self.spec.name, t.name, taken)) for t in listed)
+        offered = tuple(self._tool(t, tool_name(self.spec.name, t.name, self._taken)) for t in listed)
         logger.info("mcp.connected", server=self.spec.name, transport=self.spec.transport, tools=len(offered))
         return tools.Server(name=self.spec.name, tools=offered, own=self.spec.own,
                             instructions=client.instructions or "")
@@ -289,6 +293,8 @@ class Connection:
         task = self._task
         if task is None or task.done():
             return
+        if not self._ready.done():  # still connecting: nothing to wind down politely
+            task.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(task), _CLOSE_SECONDS)
         except TimeoutError:
@@ -304,12 +310,30 @@ class Toolbox:
 
     def __init__(self) -> None:
         self._connections: list[Connection] = []
+        self._taken = {*tools.AVAILABLE, tools.LIST_TOOLS}
+        """Tool names given out in this run: no MCP tool shadows a built-in or another's name."""
 
-    async def start(self, specs: Sequence[ServerSpec], settings: config.WorkerSettings) -> list[tools.Server]:
-        """Start every server at once; if one fails, the others are closed and it is raised."""
-        connections = [Connection(spec, settings) for spec in specs]
+    async def start(self, specs: Sequence[ServerSpec], settings: config.WorkerSettings,
+                    stop: asyncio.Event | None = None) -> list[tools.Server]:
+        """Start every server at once; if one fails, the others are closed and it is raised.
+        ``stop`` set meanwhile closes them all and raises :class:`Interrupted`."""
+        connections = [Connection(spec, settings, self._taken) for spec in specs]
         self._connections.extend(connections)
-        results = await asyncio.gather(*(c.start() for c in connections), return_exceptions=True)
+        starting = asyncio.gather(*(c.start() for c in connections), return_exceptions=True)
+        if stop is not None:
+            stopped = asyncio.get_running_loop().create_task(stop.wait())
+            waiting: set[asyncio.Future[Any]] = {starting, stopped}
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(BaseException):
+                    await starting
+                await self.aclose()
+                raise Interrupted("stopped while its MCP servers were starting")
+        results = await starting
         for result in results:
             if isinstance(result, BaseException):
                 await self.aclose()
@@ -321,9 +345,11 @@ class Toolbox:
         await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
 
 
-async def registry_for(agent: dict[str, Any], settings: config.WorkerSettings, toolbox: Toolbox) -> tools.Registry:
-    """The run's registry: the servers its tool mode needs started in ``toolbox``, then selection."""
+async def registry_for(agent: dict[str, Any], settings: config.WorkerSettings, toolbox: Toolbox,
+                       stop: asyncio.Event | None = None) -> tools.Registry:
+    """The run's registry: the servers its tool mode needs started in ``toolbox``, then selection.
+    A stop (``stop`` set) while they start raises :class:`Interrupted` at once."""
     tools.mode_of(agent)  # a bad mode fails before any server starts
     specs = needed(agent, merge(settings.mcp_servers, agent.get("mcpServers") or []))
-    servers = await toolbox.start(specs, settings) if specs else []
+    servers = await toolbox.start(specs, settings, stop) if specs else []
     return tools.for_agent(agent, servers=servers)
