@@ -22,7 +22,7 @@ import pytest
 from agentrun import streams
 from tests.e2e import harness
 from tests.e2e.test_runs import agentrun, stream_events
-from tests.worker import mcp_server
+from tests.worker import mcp_server, openai_server
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +182,36 @@ def test_a_stop_while_the_mcp_servers_start_ends_the_run_stopped(
     events = stream_events(bed.redis_url, uid)
     assert not [e for e in events if e["type"] == streams.ASSISTANT]
     harness.wait_until(lambda: not server_processes(tag), 30, "the server process to exit")
+
+
+def test_the_model_sees_the_mcp_tools_schemas_and_the_prompt_section(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a worker on the OpenAI-compatible provider and a model that calls an MCP tool
+    server = openai_server.OpenAIServer().start()
+    try:
+        bed.start_worker(f"agentrun.{namespace}.default", OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=server.base_url)
+        server.reply(openai_server.tool_reply(("call_1", "testkit__add", '{"a": 20, "b": 22}'), text="Adding."),
+                     openai_server.text_reply("It is ", "42."))
+        spec = agentrun(namespace, "real-model")
+        spec["spec"]["agent"] = {"model": "openai/test-model", "systemPrompt": "Be brief.",
+                                 "mcpServers": [stdio(uuid.uuid4().hex)]}
+        # When the run is applied
+        bed.create(spec)
+        status = bed.wait_phase(namespace, "real-model", "Succeeded", "Failed", "Stopped", timeout=60)["status"]
+    finally:
+        server.stop()
+    # Then it succeeded with the model's answer
+    assert (status["phase"], status["result"]) == ("Succeeded", "It is 42."), status
+    first, second = server.requests[0], server.requests[1]
+    # And the model got the server's tools with their schemas, after the built-ins
+    offered = {t["function"]["name"]: t["function"] for t in first["tools"]}
+    assert list(offered)[:2] == ["complete", "ask"] and "testkit__add" in offered
+    assert offered["testkit__add"]["description"] == "Add two integers."
+    assert offered["testkit__add"]["parameters"]["properties"]["b"]["type"] == "integer"
+    # And a system prompt that is the agent's own, then what each server offers
+    system = first["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("Be brief.\n\n## MCP servers")
+    assert "### testkit\nTest tools for agentrun.\n- `testkit__echo`: Return the text unchanged." in system["content"]
+    # And the tool's result came back to the model on its next turn
+    assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "42"}
