@@ -9,6 +9,7 @@ in ``tests/operator/test_deployments.py``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -69,6 +70,9 @@ def deployment_for(
         # handed back; the rest is for the hand-back itself and the process exit
         {"name": "AGENTRUN_SHUTDOWN_GRACE_SECONDS",
          "value": str(max(1, settings.worker_termination_grace_seconds - 10))},
+        # the pool's standard MCP servers (they name secrets by variable, never hold them)
+        *([{"name": "AGENTRUN_MCP_SERVERS", "value": json.dumps(spec["mcpServers"], separators=(",", ":"))}]
+          if spec.get("mcpServers") else []),
         *[dict(e) for e in spec.get("env") or []],
     ]
     container: dict[str, Any] = {

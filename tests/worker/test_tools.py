@@ -24,7 +24,7 @@ def test_the_builtins_are_always_offered_and_named_tools_are_added() -> None:
 
 
 def test_an_unknown_tool_in_the_spec_fails_the_run_with_tool_not_found() -> None:
-    with pytest.raises(tools.ToolNotFound, match="no tool named 'nope'") as caught:
+    with pytest.raises(tools.ToolNotFound, match="no tool or MCP server named 'nope'") as caught:
         tools.for_agent({"tools": ["nope"]})
     assert caught.value.reason == "ToolNotFound"
 

@@ -72,10 +72,11 @@ class AgentLoop:
         self._max_iterations = int(agent.get("maxIterations", 100))
         self._max_tokens = int(agent["maxTokens"]) if agent.get("maxTokens") else None
         self._messages: list[dict[str, Any]] = []
-        if agent.get("systemPrompt"):
-            self._messages.append({"role": "system", "content": agent["systemPrompt"]})
-        self._messages.extend(history)
         self._registry = registry if registry is not None else tools.Registry(())
+        system = "\n\n".join(p for p in (agent.get("systemPrompt"), self._registry.prompt) if p)
+        if system:  # the registry's part says what each MCP server offers
+            self._messages.append({"role": "system", "content": system})
+        self._messages.extend(history)
         self._first_iteration = completed_turns + 1
         self.outcome = Outcome(result=last_result, iterations=completed_turns)
 

@@ -7,7 +7,7 @@ loads them once per process.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +62,19 @@ class WorkerSettings(BaseSettings):
     """Delay of a handed-back run's message before a worker may take it again. It must exceed
     the 1 s poll of Dramatiq's idle worker threads (``worker_timeout``), which may still take
     one message after SIGTERM; 2 s leaves margin and costs a resumed run only that long."""
+
+    mcp_servers: list[dict[str, Any]] = pydantic.Field(default_factory=list)
+    """The pool's standard MCP servers, as JSON (``WorkerPool.spec.mcpServers``, set by the
+    operator): offered to every run with them, merged with the agent's own (see ``mcp``)."""
+
+    mcp_tool_timeout_seconds: float = 120.0
+    """Longest one MCP tool call may take (unless its server sets ``timeoutSeconds``) before it
+    becomes a tool error the model sees: long enough for a search or a build, short enough
+    that a hung server does not hold a run until its deadline."""
+
+    mcp_connect_timeout_seconds: float = 30.0
+    """Longest an MCP server may take to start and list its tools before the run fails with
+    ``MCPServerUnavailable``: a stdio server fetched by ``npx``/``uvx`` on first use needs seconds."""
 
 
 def load() -> WorkerSettings:

@@ -32,7 +32,7 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import control, keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, providers, runtime, shutdown, stopping, tools
+from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, tools
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -117,6 +117,7 @@ class Execution:
         self.iterations = 0
         self.handed_back = False
         self._recorded = False
+        self.toolbox = mcp.Toolbox()  # the run's MCP servers, closed when the run ends in any way
 
     # -- 1. admission -------------------------------------------------------------------------
 
@@ -210,6 +211,7 @@ class Execution:
                 return
             await self._execute(user_input, watch)
         finally:
+            await self.toolbox.aclose()
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
@@ -297,9 +299,13 @@ class Execution:
         agent_spec = msg.spec.get("agent") or {}
         try:
             provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
-            registry = tools.for_agent(agent_spec)
-        except (providers_base.ProviderUnavailable, tools.ToolNotFound) as exc:
+            registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox, watch.requested)
+        except (providers_base.ProviderUnavailable, tools.ToolNotFound, mcp.ServerUnavailable) as exc:
             await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+            return
+        except mcp.Interrupted:
+            reason = watch.reason or "StopRequested"
+            await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason))
             return
         stored = [m for m in await self.c.store.list_messages(msg.thread_id)
                   if m.role in ("user", "assistant", "tool")]

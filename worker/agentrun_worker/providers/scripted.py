@@ -4,6 +4,11 @@ Each turn of ``spec.agent.script`` is one model turn: its ``text`` is streamed w
 with ``chunkDelayMs`` between chunks, or its ``fail`` raises a :class:`ProviderError`. The
 last scripted turn completes the agent; with no script the agent echoes the input. Token
 usage counts words, so the numbers are deterministic.
+
+A turn's ``toolCalls`` (``[{"name": ..., "arguments": "<JSON text>"}]``) are the tool calls
+the model makes after its text; in a later turn's text, ``{{toolResults}}`` is replaced by the
+results the model received since its last turn (one per line), so a test sees what reached
+the model.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from agentrun_worker.providers import base
 
 MODEL = "scripted"
+TOOL_RESULTS = "{{toolResults}}"
 
 _CHUNKS = re.compile(r"\S+\s*|\s+")
 
@@ -41,6 +47,8 @@ class ScriptedProvider(base.Provider):
         if "fail" in step:
             raise base.ProviderError(str(step["fail"]))
         text = str(step.get("text", ""))
+        if TOOL_RESULTS in text:
+            text = text.replace(TOOL_RESULTS, "\n".join(_latest_tool_results(messages)))
         delay = int(step.get("chunkDelayMs", 0)) / 1000
         for chunk in _CHUNKS.findall(text):
             result = on_delta(chunk)
@@ -51,4 +59,18 @@ class ScriptedProvider(base.Provider):
             else:
                 await asyncio.sleep(0)  # stay cancellable, like a network stream
         finish = "complete" if iteration >= len(self._script) else "continue"
-        return base.Turn(text=text, finish=finish, input_tokens=prompt_tokens, output_tokens=words(text))
+        calls = [base.ToolCall(id=f"call_{iteration}_{index}", name=str(call["name"]),
+                               arguments=str(call.get("arguments") or "{}"))
+                 for index, call in enumerate(step.get("toolCalls") or [])]
+        return base.Turn(text=text, finish=finish, input_tokens=prompt_tokens, output_tokens=words(text),
+                         tool_calls=calls)
+
+
+def _latest_tool_results(messages: list[dict[str, Any]]) -> list[str]:
+    """The contents of the tool messages after the last assistant message."""
+    found: list[str] = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        found.append(str(message.get("content", "")))
+    return found[::-1]
