@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -57,6 +57,13 @@ def encode(event: dict[str, Any]) -> bytes:
 def decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(fields[FIELD])
     return value
+
+
+class Emitter(Protocol):
+    """What the agent loop needs of a stream: to append one event (a StreamWriter, or a
+    wrapper that adds fields, such as a workflow step's name)."""
+
+    def emit(self, event: dict[str, Any]) -> None: ...
 
 
 class StreamWriter:

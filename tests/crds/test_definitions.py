@@ -169,8 +169,8 @@ def test_a_workflow_agent_is_the_run_agent() -> None:
     by_kind = {crd["spec"]["names"]["kind"]: crd for crd in crds()}
 
     def spec_of(kind: str) -> Mapping[str, Any]:
-        spec: Mapping[str, Any] = by_kind[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        return spec
+        root: Mapping[str, Any] = by_kind[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return root["properties"]["spec"]  # type: ignore[no-any-return]
 
     run_agent = dict(spec_of("AgentRun")["properties"]["agent"])
     workflow_agent = dict(spec_of("AgentWorkflow")["properties"]["agent"])
