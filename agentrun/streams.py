@@ -42,6 +42,11 @@ TOOL_RESULT = "tool_result"
 """What the tool returned, or its error (which the model sees too): ``{"id", "name",
 "content", "error", "iteration"}``."""
 USAGE = "usage"
+STEP = "step"
+"""A workflow step's boundary: ``{"step": name, "index", "run", "status": "started",
+"prompt"}`` before the step's events, ``{..., "status": "completed"|"failed", "reason",
+"output" | "message", "iterations", "usage"}`` after them. Every event a step's agent loop
+emits in between carries ``"step": name`` too; events of plain agent runs have no ``step``."""
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "stopped"})
 

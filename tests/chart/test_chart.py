@@ -180,6 +180,7 @@ OPERATOR_RULES = {
     ("agentrun.io", "agentruns/status"): {"patch"},
     ("agentrun.io", "workerpools"): {"list", "watch", "patch"},
     ("agentrun.io", "workerpools/status"): {"patch"},
+    ("agentrun.io", "agentworkflows"): {"get"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},

@@ -96,7 +96,7 @@ def test_printer_columns() -> None:
     assert columns["AgentWorkflow"] == [
         ("Executor", ".spec.executor", "string", 0),
         ("Model", ".spec.agent.model", "string", 0),
-        ("Steps", ".spec.steps[*].name", "string", 0),
+        ("Description", ".spec.description", "string", 1),  # the API server prints one match of a path
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ]
     assert columns["WorkerPool"] == [

@@ -9,20 +9,25 @@ model was shown (``tests/worker/openai_server.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import pathlib
+import signal
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from agentrun import streams
-from tests.e2e import harness
+from agentrun import binaries, streams
+from tests.e2e import harness, test_local
 from tests.e2e.test_runs import stream_events
 from tests.worker import openai_server
 
 pytestmark = pytest.mark.e2e
 
 INPUT = "agentrun"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def workflow(namespace: str, name: str, *steps: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -246,3 +251,47 @@ def test_the_agent_executor_lets_the_model_choose_the_steps(
     assert kinds[:4] == [("tool_call", "run_step"), ("tool_result", "run_step"), ("tool_call", "run_step"),
                          ("step", "research")]
     assert [e["status"] for e in events if streams.is_terminal(e)] == ["succeeded"]
+
+
+def test_the_example_workflow_runs_in_agentrun_dev_with_kubectl(tmp_path: pathlib.Path) -> None:
+    # Given the local stack, started as a newcomer starts it
+    env = test_local.local_env(tmp_path)
+    api_port, redis_port = harness.free_port(), harness.free_port()
+    dev = harness.Proc("dev", [str(test_local.BIN / "agentrun"), "dev", "--api-port", str(api_port),
+                               "--redis-port", str(redis_port)], env, tmp_path).start()
+    try:
+        harness.wait_until(lambda: "is up" in dev.output() or not dev.alive(), 60, "agentrun dev", 0.1)
+        assert dev.alive(), dev.output()
+        env.update(KUBECONFIG=str(tmp_path / "state" / "kubeconfig"),
+                   AGENTRUN_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+        kubectl = str(binaries.kubectl())
+        # When the example is applied with kubectl
+        applied = subprocess.run([kubectl, "apply", "-f", str(ROOT / "examples" / "workflow.yaml")], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert applied.returncode == 0, applied.stderr
+        assert "agentworkflow.agentrun.io/article created" in applied.stdout
+        # Then agentrun logs shows the steps in order with their text, and the run's end
+        logs = subprocess.run([str(test_local.BIN / "agentrun"), "logs", "write-article", "-f"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert logs.returncode == 0, logs.stderr
+        lines = [line for line in logs.stdout.splitlines() if line.startswith("▸ step")]
+        assert lines == ["▸ step outline started", "▸ step outline completed reason=Completed",
+                         "▸ step draft started", "▸ step draft completed reason=Completed",
+                         "▸ step review started", "▸ step review completed reason=Completed"]
+        assert ("You said: Write the article about Kubernetes operators from this outline: "
+                "1. What it is. 2. How it works. 3. Why it matters.") in logs.stdout
+        assert "succeeded reason=Completed iterations=3" in logs.stdout
+        # And kubectl lists the workflow with its printer columns (short name awf)
+        table = subprocess.run([kubectl, "get", "awf", "-o", "wide"], env=env, capture_output=True, text=True,
+                               timeout=60)
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()[:2]
+        assert header.split() == ["NAME", "EXECUTOR", "MODEL", "DESCRIPTION", "AGE"]
+        assert row.split()[:3] == ["article", "deterministic", "scripted"]
+        assert "Write a short article on a topic, in three steps." in row
+    finally:
+        if dev.popen is not None and dev.alive():
+            dev.popen.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                dev.popen.wait(20)
+        dev.stop()

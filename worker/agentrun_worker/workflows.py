@@ -43,11 +43,8 @@ from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
 
-STEP = "step"
-"""The stream event that marks a step's boundaries: ``{"type": "step", "step", "index",
-"run", "status": "started", "prompt"}`` then ``{..., "status": "completed"|"failed",
-"reason", "message"?, "output"?, "iterations", "usage"}``. Events emitted inside a step carry
-``"step": <name>``."""
+STEP = streams.STEP
+"""The event type of a step's boundaries and the field naming the step (see ``agentrun.streams``)."""
 RUN_STEP = "run_step"
 """The tool through which the agent executor runs a step."""
 DETERMINISTIC = "deterministic"

@@ -1,0 +1,129 @@
+"""The workflow executors in process, on a real Redis stream and a real SQLite thread store.
+
+The end-to-end behaviour (operator resolution, stream, stop, ask, the agent executor) is in
+tests/e2e/test_workflows.py; this covers the rules that are cheaper to pin here: step
+overrides, the run-wide token budget, steps that do not complete, refusals before any model
+call, and what the agent executor tells the model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from agentrun_worker import agent, config, workflows
+
+from agentrun import message, store, streams
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+async def db(tmp_path: pathlib.Path) -> AsyncIterator[store.Store]:
+    s = store.open_store(None, default_sqlite_path=str(tmp_path / "agentrun.db"))
+    await s.connect()
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def run_message(workflow: dict[str, Any] | None, uid: str) -> message.RunMessage:
+    spec: dict[str, Any] = {"input": "topic", "workflowRef": {"name": "w"}}
+    if workflow is not None:
+        spec["workflow"] = {"name": "w", **workflow}
+    return message.RunMessage(uid=uid, namespace="ns", name="r", generation=1, attempt=1, thread_id=uid,
+                              queued_at="2025-01-01T00:00:00Z", spec=spec)
+
+
+async def start(client: aioredis.Redis, db: store.Store, workflow: dict[str, Any] | None,
+                ) -> tuple[workflows.Executor, streams.StreamWriter, str]:
+    uid = str(uuid.uuid4())
+    await db.ensure_thread(uid, namespace="ns")
+    writer = streams.StreamWriter(client, uid)
+    executor = await workflows.executor(run_message(workflow, uid), user_input="topic", writer=writer, db=db,
+                                        settings=config.WorkerSettings())
+    return executor, writer, uid
+
+
+def test_a_step_overrides_the_workflow_agent() -> None:
+    base = {"model": "scripted", "script": [{"text": "x"}], "tools": ["a"], "maxIterations": 5, "maxTokens": 9}
+    assert workflows.step_agent(base, {"name": "s", "prompt": "p", "tools": [], "maxIterations": 2}) == {
+        "model": "scripted", "script": [{"text": "x"}], "tools": [], "maxIterations": 2, "maxTokens": 9}
+    # a new model does not inherit the workflow's script; a step's own script wins
+    assert "script" not in workflows.step_agent(base, {"name": "s", "prompt": "p", "model": "openai/m"})
+    assert workflows.step_agent(base, {"name": "s", "prompt": "p", "script": [{"text": "y"}]})["script"] == [
+        {"text": "y"}]
+
+
+async def test_the_token_budget_is_the_whole_runs(client: aioredis.Redis, db: store.Store) -> None:
+    # Given a budget that the first step's words already use up (word counts are the scripted tokens)
+    steps = [{"name": "one", "prompt": "{{input}} and more words here"}, {"name": "two", "prompt": "again"}]
+    executor, writer, uid = await start(client, db, {"agent": {"model": "scripted", "maxTokens": 8}, "steps": steps})
+    # When it runs, the second step is not started and the run fails BudgetExceeded, naming the step
+    with pytest.raises(agent.BudgetExceeded, match=r'step "two" \(2 of 2\): the run used \d+ tokens'):
+        await executor.run()
+    await writer.flush()
+    assert executor.outcome.iterations == 1 and executor.outcome.input_tokens + executor.outcome.output_tokens >= 8
+    events = [e for _, e in await streams.read_all(client, uid)]
+    assert [(e["step"], e["status"]) for e in events if e["type"] == "step"] == [("one", "started"),
+                                                                                ("one", "completed")]
+
+
+async def test_a_step_that_runs_out_of_iterations_fails_the_run(client: aioredis.Redis, db: store.Store) -> None:
+    script = [{"text": "thinking"}, {"text": "still thinking"}, {"text": "done"}]
+    steps = [{"name": "slow", "prompt": "{{input}}", "maxIterations": 2}]
+    executor, _, _ = await start(client, db, {"agent": {"model": "scripted", "script": script}, "steps": steps})
+    with pytest.raises(workflows.StepFailed, match=r'step "slow" \(1 of 1\) reached maxIterations=2 without'):
+        await executor.run()
+    assert executor.outcome.iterations == 2
+
+
+@pytest.mark.parametrize(("workflow", "reason", "text"), [
+    (None, "WorkflowNotFound", 'AgentWorkflow "w" was not resolved when the run was queued'),
+    ({"agent": {"model": "scripted"}, "steps": [{"name": "a", "prompt": "{{steps.b.output}}"},
+                                                {"name": "b", "prompt": "x"}]},
+     "WorkflowInvalid", 'step "a": {{steps.b.output}} is not the output of an earlier step'),
+    ({"agent": {"model": "scripted"}, "steps": [{"name": "a", "prompt": "x"}, {"name": "b", "prompt": "x",
+                                                                               "model": "nowhere/m"}]},
+     "ProviderUnavailable", 'step "b": no provider for model "nowhere/m"'),
+    ({"agent": {"model": "scripted", "tools": ["nope"]}, "steps": [{"name": "a", "prompt": "x", "tools": []},
+                                                                   {"name": "b", "prompt": "x"}]},
+     "ToolNotFound", "step \"b\": no tool named 'nope'"),
+])
+async def test_a_workflow_that_cannot_run_is_refused_before_any_model_call(
+    client: aioredis.Redis, db: store.Store, workflow: dict[str, Any] | None, reason: str, text: str
+) -> None:
+    with pytest.raises(workflows.Refused) as caught:
+        await start(client, db, workflow)
+    assert caught.value.reason == reason
+    assert text in str(caught.value)
+
+
+async def test_the_agent_executor_describes_the_workflow_and_offers_run_step(
+    client: aioredis.Redis, db: store.Store
+) -> None:
+    steps = [{"name": "find", "description": "Find sources.", "prompt": "{{input}}"},
+             {"name": "write", "prompt": "{{steps.find.output}} {{input}} {{steps.find.output}}"}]
+    executor, _, _ = await start(client, db, {"executor": "agent", "description": "Write about a topic.",
+                                              "agent": {"model": "scripted"}, "steps": steps})
+    assert isinstance(executor, workflows.AgentDriven)
+    assert executor.describe().splitlines()[:2] == ['You carry out the workflow "w".', "Write about a topic."]
+    assert executor.describe().splitlines()[-3:] == ["Steps:", "- find: Find sources.",
+                                                     "- write: (no description) (uses the output of: find)"]
+    # A step that needs an output not there yet, an unknown step and bad arguments are errors the model reads
+    assert (await executor.call_step('{"step": "write"}')).content.startswith("error: cannot run step 'write' yet")
+    assert (await executor.call_step('{"step": "other"}')).content == "error: no step named 'other'; steps: find, write"
+    assert (await executor.call_step("[1]")).error
+    # A step that runs returns its output (the scripted model echoes its prompt plus the instructions)
+    result = await executor.call_step('{"step": "find", "instructions": "Only recent ones."}')
+    assert (result.content, result.error, result.ends_run) == ("You said: topic\n\nOnly recent ones.", False, None)
+    assert executor.outputs == {"find": result.content}
