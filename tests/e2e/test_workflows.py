@@ -106,7 +106,8 @@ def test_deterministic_steps_run_in_order_each_using_the_outputs_before_it(
     messages = bed.db_messages(uid)
     assert [(m["role"], json.loads(m["content"]) if isinstance(m["content"], str) else m["content"])
             for m in messages][:3] == [("user", INPUT), ("user", "Research agentrun."), ("assistant", research)]
-    assert [m["role"] for m in messages] == ["user"] + ["user", "assistant"] * 2 + ["user", "assistant", "assistant"]
+    assert [m["role"] for m in messages] == (["user"] + ["user", "assistant", "step"] * 2
+                                             + ["user", "assistant", "assistant", "step"])
     row = bed.db_row(uid)
     assert row is not None and row["status"] == "Succeeded" and row["result"] == "Looks good."
 
@@ -295,3 +296,39 @@ def test_the_example_workflow_runs_in_agentrun_dev_with_kubectl(tmp_path: pathli
             with contextlib.suppress(subprocess.TimeoutExpired):
                 dev.popen.wait(20)
         dev.stop()
+
+
+# 12 turns of 6 words, 40 ms a word: about 3 s, so SIGTERM lands inside the step even on a busy machine.
+TURNS = [{"text": " ".join(f"t{turn}w{i}" for i in range(6)), "chunkDelayMs": 40} for turn in range(12)]
+
+
+def test_a_workflow_handed_back_at_shutdown_resumes_after_its_completed_steps(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a worker with a short grace period, inside the second step of a workflow
+    queue = f"agentrun.{namespace}.default"
+    first = bed.start_worker(queue, AGENTRUN_SHUTDOWN_GRACE_SECONDS="0.2")
+    bed.create(workflow(namespace, "resumable", {"name": "one", "prompt": "{{input}}"},
+                        {"name": "two", "prompt": "{{steps.one.output}}", "script": TURNS},
+                        {"name": "three", "prompt": "after {{steps.one.output}}"}))
+    uid = bed.create(run_of(namespace, "resumable", "resumable"))["metadata"]["uid"]
+    harness.wait_until(
+        lambda: sum(1 for e in stream_events(bed.redis_url, uid)
+                    if e["type"] == streams.MESSAGE and e.get("step") == "two") >= 1,
+        30, "a completed turn of the second step")
+    # When the worker is sent SIGTERM, and another worker starts
+    first.stop()
+    assert '"run.handed_back"' in first.output(), first.output()[-3000:]
+    second = bed.start_worker(queue)
+    # Then the run succeeds once, at attempt 1, without running the first step again
+    status = bed.wait_phase(namespace, "resumable", "Succeeded", "Failed", "Stopped")["status"]
+    assert (status["phase"], status["reason"], status["attempt"]) == ("Succeeded", "Completed", 1), status
+    assert status["result"] == "You said: after You said: agentrun"
+    assert status["iterations"] == 1 + len(TURNS) + 1
+    assert '"workflow.resumed"' in second.output()
+    events = stream_events(bed.redis_url, uid)
+    assert [(e["step"], e["run"], e["status"]) for e in events if e["type"] == "step"] == [
+        ("one", 1, "started"), ("one", 1, "completed"), ("two", 1, "started"),
+        ("two", 2, "started"), ("two", 2, "completed"), ("three", 1, "started"), ("three", 1, "completed")]
+    assert [e["status"] for e in events if e["type"] == streams.STATUS] == ["running", "requeued", "running",
+                                                                          "succeeded"]

@@ -8,6 +8,7 @@ call, and what the agent executor tells the model.
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
@@ -127,3 +128,39 @@ async def test_the_agent_executor_describes_the_workflow_and_offers_run_step(
     result = await executor.call_step('{"step": "find", "instructions": "Only recent ones."}')
     assert (result.content, result.error, result.ends_run) == ("You said: topic\n\nOnly recent ones.", False, None)
     assert executor.outputs == {"find": result.content}
+
+
+async def test_an_interrupted_workflow_resumes_after_its_completed_steps(
+    client: aioredis.Redis, db: store.Store
+) -> None:
+    # Given a workflow interrupted in its second step (as a hand-back at shutdown cancels it)
+    slow = [{"text": f"word{i} " * 4, "chunkDelayMs": 20} for i in range(20)]
+    workflow = {"agent": {"model": "scripted"},
+                "steps": [{"name": "one", "prompt": "{{input}}"},
+                          {"name": "two", "prompt": "{{steps.one.output}}", "script": slow},
+                          {"name": "three", "prompt": "{{steps.two.output}} / {{steps.one.output}}"}]}
+    first, writer, uid = await start(client, db, workflow)
+    task = asyncio.get_running_loop().create_task(first.run())
+    while not any(m.role == "assistant" and "/step/two.1/" in m.id for m in await db.list_messages(uid)):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await writer.flush()
+    # When the next delivery of the same attempt runs it
+    second = await workflows.executor(run_message(workflow, uid), user_input="topic", writer=writer, db=db,
+                                      settings=config.WorkerSettings())
+    outcome = await second.run()
+    await writer.flush()
+    # Then step one is not run again (its output comes from its record), step two runs again as run 2
+    events = [e for _, e in await streams.read_all(client, uid)]
+    assert [(e["step"], e["run"], e["status"]) for e in events if e["type"] == "step"] == [
+        ("one", 1, "started"), ("one", 1, "completed"), ("two", 1, "started"),
+        ("two", 2, "started"), ("two", 2, "completed"), ("three", 1, "started"), ("three", 1, "completed")]
+    assert outcome.result == f"You said: {slow[-1]['text']} / You said: topic"
+    assert (outcome.reason, outcome.iterations) == ("Completed", 1 + len(slow) + 1)
+    # And the thread keeps both runs of step two apart, and one record per completed step
+    ids = [m.id.removeprefix(f"{uid}/1/") for m in await db.list_messages(uid)]
+    assert [i for i in ids if i.endswith("/output")] == ["step/one.1/output", "step/two.2/output",
+                                                          "step/three.1/output"]
+    assert "step/two.1/prompt" in ids and "step/two.2/prompt" in ids

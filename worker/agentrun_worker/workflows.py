@@ -26,6 +26,11 @@ with a ``step`` field, between a ``step`` event ``started`` and one ``completed`
 
 Iterations and token usage are the sums over every loop; ``maxTokens`` of the workflow's
 agent is the budget of the whole run.
+
+A completed step stores a record (role ``step``: output, iterations, usage) in the thread. A
+run handed back at shutdown is resumed from those: its next delivery does not run a
+completed step again, runs the interrupted one again as a new run of it, and the agent
+executor's own loop goes on after its last stored turn.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import re
 from typing import Any
 
 import structlog
@@ -50,7 +56,13 @@ RUN_STEP = "run_step"
 DETERMINISTIC = "deterministic"
 AGENT = "agent"
 
+STEP_RECORD = "step"
+"""The role of a completed step's record in the thread (its output, iterations and usage);
+the model never sees it, a resumed execution reads it back."""
+
 STEP_OVERRIDES = ("model", "systemPrompt", "tools", "maxIterations", "script")
+_STEP_ID = re.compile(r"^step/([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.(\d+)/(.+)$")
+_ORCHESTRATOR_ID = re.compile(r"^\d+(/tool/\d+)?$")
 OUTPUT_IN_EVENT_MAX = 4096
 
 
@@ -109,6 +121,18 @@ class Context:
     user_input: str
     history: list[dict[str, Any]]
     """The thread's messages from before this run (as the model sees them)."""
+    resumed: list[store.MessageRecord] = dataclasses.field(default_factory=list)
+    """What an interrupted execution of this attempt stored (a run handed back at shutdown)."""
+
+    def turn_id(self, suffix: str) -> str:
+        return f"{self.run_id}/{self.attempt}/{suffix}"
+
+
+def _model_message(record: store.MessageRecord) -> dict[str, Any]:
+    """A stored message as the model sees it (a dict content holds the message's fields)."""
+    if isinstance(record.content, dict):
+        return {"role": record.role, **record.content}
+    return {"role": record.role, "content": record.content}
 
 
 def _add(total: agent.Outcome, part: agent.Outcome) -> None:
@@ -131,7 +155,29 @@ class Executor:
         self._done = agent.Outcome(result="", iterations=0)
         self._current: agent.AgentLoop | None = None
         self.outputs: dict[str, str] = {}
+        self._completed: set[str] = set()
         self._check()
+        self._restore()
+
+    def _restore(self) -> None:
+        """Take back what an interrupted execution of this attempt finished: the outputs,
+        iterations and usage of its completed steps (their ``step`` records), and how often
+        each step was started, so a step run again gets new message ids."""
+        for record in self._ctx.resumed:
+            found = _STEP_ID.match(record.id[len(self._ctx.turn_id("")):])
+            if found is None or found.group(1) not in self._index:
+                continue
+            name, run, what = found.group(1), int(found.group(2)), found.group(3)
+            self._runs[name] = max(self._runs[name], run)
+            if what == "output" and record.role == STEP_RECORD and isinstance(record.content, dict):
+                self.outputs[name] = str(record.content.get("output", ""))
+                self._completed.add(name)
+                usage = record.content.get("usage") or {}
+                _add(self._done, agent.Outcome(result="", iterations=int(record.content.get("iterations") or 0),
+                                               input_tokens=int(usage.get("inputTokens") or 0),
+                                               output_tokens=int(usage.get("outputTokens") or 0)))
+        if self._completed:
+            logger.info("workflow.resumed", completed=sorted(self._completed))
 
     def _check(self) -> None:
         """Every step's model and tools exist in this worker: refuse before any model call."""
@@ -180,7 +226,7 @@ class Executor:
         head = {"type": STEP, "step": name, "index": index, "run": run}
         ctx.writer.emit({**head, "status": "started", "prompt": prompt})
         await ctx.db.add_message(ctx.thread_id, "user", prompt, run_id=ctx.run_id,
-                                 message_id=f"{ctx.run_id}/{ctx.attempt}/{prefix}prompt")
+                                 message_id=ctx.turn_id(f"{prefix}prompt"))
         loop = agent.AgentLoop(
             provider=providers.for_agent(spec, prompt, ctx.settings), writer=_Tagged(ctx.writer, name), db=ctx.db,
             run_id=ctx.run_id, attempt=ctx.attempt, thread_id=ctx.thread_id, agent=spec,
@@ -199,6 +245,12 @@ class Executor:
             self._current = None
             _add(self._done, loop.outcome)
         self.outputs[name] = outcome.result
+        if outcome.reason == tools.COMPLETED:
+            # The step's record: what a resumed execution takes back instead of running it again
+            await ctx.db.add_message(ctx.thread_id, STEP_RECORD, {
+                "step": name, "run": run, "output": outcome.result, "iterations": outcome.iterations,
+                "usage": outcome.usage}, run_id=ctx.run_id, message_id=ctx.turn_id(f"{prefix}output"))
+            self._completed.add(name)
         ctx.writer.emit({**head, "status": "completed", "reason": outcome.reason,
                          "output": outcome.result[:OUTPUT_IN_EVENT_MAX], "iterations": outcome.iterations,
                          "usage": outcome.usage})
@@ -214,6 +266,10 @@ class Deterministic(Executor):
         result = agent.Outcome(result="", iterations=0)
         for position, step in enumerate(self._steps, start=1):
             name = str(step["name"])
+            if name in self._completed:  # done by an interrupted execution of this attempt
+                result = self.outcome
+                result.result = self.outputs[name]
+                continue
             where = f'step "{name}" ({position} of {total})'
             try:
                 outcome = await self.run_step(name)
@@ -247,10 +303,15 @@ class AgentDriven(Executor):
             registry = _StepTools(tools.for_agent(spec), self)
         except (providers_base.ProviderUnavailable, tools.ToolNotFound) as exc:
             raise Refused(exc.reason, str(exc)) from None
+        # An interrupted execution's own turns (ids <uid>/<attempt>/<n>[/tool/<i>]): go on after them
+        own = [m for m in ctx.resumed if _ORCHESTRATOR_ID.match(m.id[len(ctx.turn_id("")):])]
+        turns = [m for m in own if m.role == "assistant"]
         self._orchestrator = agent.AgentLoop(
             provider=provider, writer=ctx.writer, db=ctx.db, run_id=ctx.run_id, attempt=ctx.attempt,
-            thread_id=ctx.thread_id, agent=spec, history=[*ctx.history, {"role": "user", "content": ctx.user_input}],
-            registry=registry,
+            thread_id=ctx.thread_id, agent=spec,
+            history=[*ctx.history, {"role": "user", "content": ctx.user_input}, *map(_model_message, own)],
+            registry=registry, completed_turns=len(turns),
+            last_result=str(_model_message(turns[-1]).get("content") or "") if turns else "",
         )
 
     def describe(self) -> str:
@@ -374,13 +435,12 @@ async def executor(
         raise Refused("WorkflowInvalid", f'AgentWorkflow "{name}": ' + "; ".join(problems))
     # The steps see the thread as it was before this run; the run's own input reaches them
     # through {{input}}, and messages of an interrupted execution of this run are left out.
-    history = [
-        {"role": m.role, **m.content} if isinstance(m.content, dict) else {"role": m.role, "content": m.content}
-        for m in await db.list_messages(msg.thread_id)
-        if m.role in ("user", "assistant", "tool") and m.run_id != msg.uid
-    ]
+    stored = await db.list_messages(msg.thread_id)
+    history = [_model_message(m) for m in stored if m.role in ("user", "assistant", "tool") and m.run_id != msg.uid]
+    own = f"{msg.uid}/{msg.attempt}/"
     ctx = Context(writer=writer, db=db, run_id=msg.uid, attempt=msg.attempt, thread_id=msg.thread_id,
-                  settings=settings, user_input=user_input, history=history)
+                  settings=settings, user_input=user_input, history=history,
+                  resumed=[m for m in stored if m.id.startswith(own)])
     kind = workflow.get("executor", DETERMINISTIC)
     logger.info("workflow.start", workflow=name, executor=kind, steps=len(workflow.get("steps") or []))
     return AgentDriven(ctx, workflow) if kind == AGENT else Deterministic(ctx, workflow)
