@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from agentrun_worker import agent, config, workflows
+from agentrun_worker import agent, config, providers, workflows
 
 from agentrun import message, store, streams
+from tests.worker import openai_server
 
 
 @pytest.fixture
@@ -46,12 +47,14 @@ def run_message(workflow: dict[str, Any] | None, uid: str) -> message.RunMessage
 
 
 async def start(client: aioredis.Redis, db: store.Store, workflow: dict[str, Any] | None,
+                settings: config.WorkerSettings | None = None, uid: str | None = None,
                 ) -> tuple[workflows.Executor, streams.StreamWriter, str]:
-    uid = str(uuid.uuid4())
-    await db.ensure_thread(uid, namespace="ns")
+    if uid is None:
+        uid = str(uuid.uuid4())
+        await db.ensure_thread(uid, namespace="ns")
     writer = streams.StreamWriter(client, uid)
     executor = await workflows.executor(run_message(workflow, uid), user_input="topic", writer=writer, db=db,
-                                        settings=config.WorkerSettings())
+                                        settings=settings or config.WorkerSettings())
     return executor, writer, uid
 
 
@@ -164,3 +167,53 @@ async def test_an_interrupted_workflow_resumes_after_its_completed_steps(
     assert [i for i in ids if i.endswith("/output")] == ["step/one.1/output", "step/two.2/output",
                                                           "step/three.1/output"]
     assert "step/two.1/prompt" in ids and "step/two.2/prompt" in ids
+
+
+@pytest.fixture
+async def model(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[openai_server.OpenAIServer,
+                                                                        config.WorkerSettings]]:
+    """The local Chat Completions server as the model prefix "wf" (its own client, not a cached one)."""
+    server = openai_server.OpenAIServer().start()
+    monkeypatch.setenv("WF_TEST_KEY", "sk-test")
+    yield server, config.WorkerSettings(
+        model_endpoints={"wf": config.Endpoint(base_url=server.base_url, api_key_env="WF_TEST_KEY")})
+    await providers.close()
+    server.stop()
+
+
+async def test_the_agent_executor_resumes_after_its_stored_turns(
+    client: aioredis.Redis, db: store.Store, model: tuple[openai_server.OpenAIServer, config.WorkerSettings]
+) -> None:
+    server, settings = model
+    slow = [{"text": f"word{i} " * 4, "chunkDelayMs": 20} for i in range(20)]
+    workflow = {"executor": "agent", "agent": {"model": "wf/orchestrator"},
+                "steps": [{"name": "one", "prompt": "{{input}}", "model": "scripted"},
+                          {"name": "two", "prompt": "{{steps.one.output}}", "model": "scripted", "script": slow}]}
+    # Given an orchestrator whose first turn ran step one and whose second is inside step two
+    server.reply(openai_server.tool_reply(("c1", "run_step", '{"step": "one"}')),
+                 openai_server.tool_reply(("c2", "run_step", '{"step": "two"}')))
+    first, writer, uid = await start(client, db, workflow, settings)
+    task = asyncio.get_running_loop().create_task(first.run())
+    while not any("/step/two.1/" in m.id and m.role == "assistant" for m in await db.list_messages(uid)):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await writer.flush()
+    # When the next delivery runs it, with a model that runs step two again and then answers
+    server.reply(openai_server.tool_reply(("c3", "run_step", '{"step": "two"}')),
+                 openai_server.text_reply("Finished."))
+    second, writer, _ = await start(client, db, workflow, settings, uid=uid)
+    outcome = await second.run()
+    await writer.flush()
+    # Then the orchestrator went on after its stored first turn, which the model saw with its result
+    resumed = server.requests[2]["messages"]
+    assert [m["role"] for m in resumed] == ["system", "user", "assistant", "tool"]
+    assert resumed[2]["tool_calls"][0]["id"] == "c1" and resumed[3]["content"] == "You said: topic"
+    assert (outcome.result, outcome.reason) == ("Finished.", "Completed")
+    # the orchestrator: 1 stored turn (the interrupted one is not stored) + 2 after; steps: one (1), two (20)
+    assert outcome.iterations == 1 + 2 + 1 + len(slow)
+    events = [e for _, e in await streams.read_all(client, uid)]
+    assert [(e["step"], e["run"], e["status"]) for e in events if e["type"] == "step"] == [
+        ("one", 1, "started"), ("one", 1, "completed"), ("two", 1, "started"), ("two", 2, "started"),
+        ("two", 2, "completed")]
