@@ -91,6 +91,7 @@ def test_printer_columns() -> None:
         ("Pool", ".spec.workerPool", "string", 0),
         ("Iterations", ".status.iterations", "integer", 0),
         ("Reason", ".status.reason", "string", 1),
+        ("Workflow", ".spec.workflowRef.name", "string", 1),
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ]
     assert columns["AgentWorkflow"] == [

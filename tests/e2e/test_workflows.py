@@ -290,6 +290,12 @@ def test_the_example_workflow_runs_in_agentrun_dev_with_kubectl(tmp_path: pathli
         assert header.split() == ["NAME", "EXECUTOR", "MODEL", "DESCRIPTION", "AGE"]
         assert row.split()[:3] == ["article", "deterministic", "scripted"]
         assert "Write a short article on a topic, in three steps." in row
+        # And the run's wide table names the workflow it ran
+        runs = subprocess.run([kubectl, "get", "ar", "-o", "wide"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        header, row = runs.stdout.splitlines()[:2]
+        assert header.split()[-2:] == ["WORKFLOW", "AGE"]
+        assert row.split()[:2] == ["write-article", "Succeeded"] and row.split()[-2] == "article"
     finally:
         if dev.popen is not None and dev.alive():
             dev.popen.send_signal(signal.SIGINT)
