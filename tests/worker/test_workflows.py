@@ -217,3 +217,17 @@ async def test_the_agent_executor_resumes_after_its_stored_turns(
     assert [(e["step"], e["run"], e["status"]) for e in events if e["type"] == "step"] == [
         ("one", 1, "started"), ("one", 1, "completed"), ("two", 1, "started"), ("two", 2, "started"),
         ("two", 2, "completed")]
+
+
+async def test_in_the_agent_executor_a_step_that_does_not_complete_is_an_error_and_gives_no_output(
+    client: aioredis.Redis, db: store.Store
+) -> None:
+    steps = [{"name": "long", "prompt": "{{input}}", "maxIterations": 1, "script": [{"text": "a"}, {"text": "b"}]},
+             {"name": "next", "prompt": "{{steps.long.output}}"}]
+    executor, _, _ = await start(client, db, {"executor": "agent", "agent": {"model": "scripted"}, "steps": steps})
+    assert isinstance(executor, workflows.AgentDriven)
+    result = await executor.call_step('{"step": "long"}')
+    assert result.error and result.content == ("error: step 'long' reached its maxIterations without completing; "
+                                               "its last reply: a")
+    assert executor.outputs == {}
+    assert (await executor.call_step('{"step": "next"}')).content.startswith("error: cannot run step 'next' yet")

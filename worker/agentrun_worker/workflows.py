@@ -244,9 +244,10 @@ class Executor:
         finally:
             self._current = None
             _add(self._done, loop.outcome)
-        self.outputs[name] = outcome.result
         if outcome.reason == tools.COMPLETED:
-            # The step's record: what a resumed execution takes back instead of running it again
+            # Only a completed step's output feeds later prompts; its record is what a resumed
+            # execution takes back instead of running the step again
+            self.outputs[name] = outcome.result
             await ctx.db.add_message(ctx.thread_id, STEP_RECORD, {
                 "step": name, "run": run, "output": outcome.result, "iterations": outcome.iterations,
                 "usage": outcome.usage}, run_id=ctx.run_id, message_id=ctx.turn_id(f"{prefix}output"))
