@@ -62,6 +62,9 @@ class Renderer:
                 f"{k}={event[k]}" for k in ("reason", "message", "iterations") if event.get(k) not in (None, "")
             )
             self.console.print(f"[{style}]● {status}[/{style}] {detail}".rstrip())
+        elif kind == streams.STEP:
+            detail = " ".join(f"{k}={event[k]}" for k in ("reason", "message") if event.get(k) not in (None, ""))
+            self.console.print(f"[bold]▸ step {event.get('step')}[/bold] {event.get('status')} {detail}".rstrip())
         else:
             self.console.print(f"[dim]{kind}: {event}[/dim]")
 

@@ -1,7 +1,7 @@
 """The whole system on one machine: ``agentrun dev`` and ``agentrun demo``.
 
-Starts the Kubernetes API emulator (with the CRDs from ``crds/`` and a kubeconfig for
-kubectl), an embedded Redis (fakeredis over TCP, so a second terminal can follow streams)
+Starts the Kubernetes API emulator (with every CRD of ``agentrun.schema.crds_dir()`` and a
+kubeconfig for kubectl), an embedded Redis (fakeredis over TCP, so a second terminal can follow streams)
 unless ``AGENTRUN_REDIS_URL`` is set, SQLite unless ``AGENTRUN_DATABASE_URL`` is set, the
 in-process stub broker unless ``AGENTRUN_BROKER_URL`` is set, then the operator and a
 worker of the ``default`` pool in this process.
@@ -21,12 +21,11 @@ import structlog
 import yaml
 
 from agentrun import broker as brokers
-from agentrun import components, kube, settings  # noqa: F401  (kube registers the resource kinds)
+from agentrun import components, kube, schema, settings  # noqa: F401  (kube registers the resource kinds)
 
 logger = structlog.get_logger(__name__)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRDS = ROOT / "crds"
 EXAMPLES = ROOT / "examples"
 
 
@@ -93,7 +92,9 @@ class DevStack:
         state = pathlib.Path(self.config.state_dir).resolve()
         state.mkdir(parents=True, exist_ok=True)
 
-        crds = [yaml.safe_load(p.read_text()) for p in sorted(CRDS.glob("*.yaml"))]
+        # every CRD of the project (AgentRun, AgentWorkflow, WorkerPool), from the source tree or
+        # from the copy a wheel carries (agentrun/crds), as agentrun.schema finds them
+        crds = [yaml.safe_load(p.read_text()) for p in sorted(schema.crds_dir().glob("*.yaml"))]
         # a long-lived dev server keeps a bounded request history
         self.emulator = emulator.EmulatorServer(port=self.api_port, crds=crds, history_limit=10_000)
         self.emulator.start()

@@ -26,6 +26,7 @@ VERSION = "v1alpha1"
 
 AgentRun = lightkube.generic_resource.create_namespaced_resource(GROUP, VERSION, "AgentRun", "agentruns")
 WorkerPool = lightkube.generic_resource.create_namespaced_resource(GROUP, VERSION, "WorkerPool", "workerpools")
+AgentWorkflow = lightkube.generic_resource.create_namespaced_resource(GROUP, VERSION, "AgentWorkflow", "agentworkflows")
 
 ApiError = lightkube.core.exceptions.ApiError
 

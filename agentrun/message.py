@@ -31,7 +31,8 @@ class RunMessage(pydantic.BaseModel):
     thread_id: str
     queued_at: str
     spec: dict[str, Any]
-    """The AgentRun spec as the API server defaulted it (never a secret value)."""
+    """The AgentRun spec as the API server defaulted it (never a secret value); with a
+    ``workflowRef``, also ``workflow``: the AgentWorkflow's name, uid, generation and spec."""
 
     def message_id(self) -> str:
         return str(uuid.uuid5(_NAMESPACE, f"{self.uid}/{self.attempt}"))

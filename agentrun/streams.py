@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -42,6 +42,11 @@ TOOL_RESULT = "tool_result"
 """What the tool returned, or its error (which the model sees too): ``{"id", "name",
 "content", "error", "iteration"}``."""
 USAGE = "usage"
+STEP = "step"
+"""A workflow step's boundary: ``{"step": name, "index", "run", "status": "started",
+"prompt"}`` before the step's events, ``{..., "status": "completed"|"failed", "reason",
+"output" | "message", "iterations", "usage"}`` after them. Every event a step's agent loop
+emits in between carries ``"step": name`` too; events of plain agent runs have no ``step``."""
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "stopped"})
 
@@ -57,6 +62,13 @@ def encode(event: dict[str, Any]) -> bytes:
 def decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(fields[FIELD])
     return value
+
+
+class Emitter(Protocol):
+    """What the agent loop needs of a stream: to append one event (a StreamWriter, or a
+    wrapper that adds fields, such as a workflow step's name)."""
+
+    def emit(self, event: dict[str, Any]) -> None: ...
 
 
 class StreamWriter:

@@ -1,4 +1,4 @@
-"""Dispatching a new AgentRun: resolve its pool, mark it Queued, publish one message.
+"""Dispatching a new AgentRun: resolve its pool (and workflow), mark it Queued, publish one message.
 
 Called by the AgentRun creation handler. The order makes restarts safe:
 
@@ -26,6 +26,7 @@ import lightkube
 import structlog
 
 from agentrun import broker, keys, kube, message, phases
+from agentrun_operator import workflows
 
 logger = structlog.get_logger(__name__)
 
@@ -36,11 +37,13 @@ BROKER_RETRY_SECONDS = 5
 class PoolMissing(Exception):
     """The run names a WorkerPool that does not exist (yet)."""
 
+    reason = "WorkerPoolNotFound"
+
 
 def resolve_queue(pools: kopf.Index[tuple[str, str], str], namespace: str, pool: str) -> str:
     found = list(pools.get((namespace, pool), []))
     if not found:
-        raise PoolMissing(pool)
+        raise PoolMissing(f'WorkerPool "{pool}" not found in namespace "{namespace}"')
     return found[0]
 
 
@@ -70,10 +73,12 @@ async def dispatch(
     pool = spec.get("workerPool", "default")
     try:
         queue = resolve_queue(pools, namespace, pool)
-    except PoolMissing:
-        if age_seconds(meta) < pool_wait_seconds:
-            raise kopf.TemporaryError(f"waiting for WorkerPool {pool!r}", delay=1) from None
-        reason, text = "WorkerPoolNotFound", f'WorkerPool "{pool}" not found in namespace "{namespace}"'
+        resolved = await workflows.resolve(api, namespace, dict(spec))
+    except (PoolMissing, workflows.WorkflowMissing, workflows.WorkflowInvalid) as exc:
+        # What the run names may be applied just after it (kubectl apply -f dir/): wait a little
+        if not isinstance(exc, workflows.WorkflowInvalid) and age_seconds(meta) < pool_wait_seconds:
+            raise kopf.TemporaryError(f"waiting: {exc}", delay=1) from None
+        reason, text = exc.reason, str(exc)
         await kube.transition(
             api, namespace, name, phases.Phase.FAILED, attempt=int(status.get("attempt") or 1), uid=uid,
             fields={"reason": reason, "message": text, "finishedAt": kube.now(),
@@ -108,7 +113,7 @@ async def dispatch(
         message_id = await publish(
             dramatiq_broker, queue, uid=uid, namespace=namespace, name=name,
             generation=int(meta.get("generation") or 1), attempt=attempt, thread_id=thread_id,
-            queued_at=queued_at, spec=dict(spec),
+            queued_at=queued_at, spec=resolved,
         )
     except dramatiq.errors.ConnectionError as exc:
         # The run stays Queued; kopf calls this again soon (not after its 60 s default), and

@@ -51,7 +51,7 @@ import structlog
 
 from agentrun import keys, kube, message, phases, store, streams
 from agentrun import settings as agentrun_settings
-from agentrun_operator import config, dispatching, eventing, metrics
+from agentrun_operator import config, dispatching, eventing, metrics, workflows
 
 logger = structlog.get_logger(__name__)
 
@@ -296,6 +296,7 @@ class Scanner:
     async def _publish(self, obj: dict[str, Any]) -> str:
         meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
         queue = message.queue_name(meta["namespace"], spec.get("workerPool", "default"))
+        spec = await workflows.resolve_for_republish(self._api, meta["namespace"], dict(spec))
         return await dispatching.publish(
             self._broker, queue, uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
             generation=int(meta.get("generation") or 1), attempt=int(status["attempt"]),

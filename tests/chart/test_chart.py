@@ -42,8 +42,8 @@ def test_default_render() -> None:
     docs = render()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted([
-        "CustomResourceDefinition", "CustomResourceDefinition", "ServiceAccount", "ServiceAccount",
-        "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole",
+        "CustomResourceDefinition", "CustomResourceDefinition", "CustomResourceDefinition",
+        "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole",
         "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment", "WorkerPool",
     ])
     for doc in docs:
@@ -180,6 +180,7 @@ OPERATOR_RULES = {
     ("agentrun.io", "agentruns/status"): {"patch"},
     ("agentrun.io", "workerpools"): {"list", "watch", "patch"},
     ("agentrun.io", "workerpools/status"): {"patch"},
+    ("agentrun.io", "agentworkflows"): {"get"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
@@ -246,7 +247,9 @@ def test_aggregate_roles_for_people() -> None:
         table = rules_table(cluster_role["rules"])
         for resource in ("agentruns", "workerpools", "agentworkflows"):
             assert table[("agentrun.io", resource)] == allowed
+        for resource in ("agentruns", "workerpools"):  # an AgentWorkflow has no status
             assert table[("agentrun.io", f"{resource}/status")] == {"get"}  # status is the operator's and workers'
+        assert ("agentrun.io", "agentworkflows/status") not in table
     names = {d["metadata"]["name"] for d in render("--set", "rbac.aggregateRoles=false") if d["kind"] == "ClusterRole"}
     assert names == {"demo-agentrun-operator", "demo-agentrun-worker"}
 

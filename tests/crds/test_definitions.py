@@ -49,9 +49,9 @@ def version_schemas() -> Iterator[tuple[str, Mapping[str, Any]]]:
 
 
 def test_one_crd_per_file_for_each_kind() -> None:
-    assert [p.name for p in CRD_FILES] == ["agentrun.yaml", "workerpool.yaml"]
+    assert [p.name for p in CRD_FILES] == ["agentrun.yaml", "agentworkflow.yaml", "workerpool.yaml"]
     kinds = sorted(crd["spec"]["names"]["kind"] for crd in crds())
-    assert kinds == ["AgentRun", "WorkerPool"]
+    assert kinds == ["AgentRun", "AgentWorkflow", "WorkerPool"]
 
 
 @pytest.mark.parametrize("path", CRD_FILES, ids=[p.name for p in CRD_FILES])
@@ -72,10 +72,11 @@ def test_crd_names_and_served_version(path: pathlib.Path) -> None:
     assert spec["group"] == "agentrun.io" and spec["scope"] == "Namespaced"
     assert crd["metadata"]["name"] == f"{names['plural']}.agentrun.io"
     assert names["categories"] == ["agents"]
-    assert names["shortNames"] == {"AgentRun": ["ar"], "WorkerPool": ["wp"]}[names["kind"]]
+    assert names["shortNames"] == {"AgentRun": ["ar"], "WorkerPool": ["wp"], "AgentWorkflow": ["awf"]}[names["kind"]]
     [version] = spec["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    # A workflow is a definition nobody reports on: no status (so no status subresource)
+    assert version.get("subresources") == (None if names["kind"] == "AgentWorkflow" else {"status": {}})
 
 
 def test_printer_columns() -> None:
@@ -90,6 +91,13 @@ def test_printer_columns() -> None:
         ("Pool", ".spec.workerPool", "string", 0),
         ("Iterations", ".status.iterations", "integer", 0),
         ("Reason", ".status.reason", "string", 1),
+        ("Workflow", ".spec.workflowRef.name", "string", 1),
+        ("Age", ".metadata.creationTimestamp", "date", 0),
+    ]
+    assert columns["AgentWorkflow"] == [
+        ("Executor", ".spec.executor", "string", 0),
+        ("Model", ".spec.agent.model", "string", 0),
+        ("Description", ".spec.description", "string", 1),  # the API server prints one match of a path
         ("Age", ".metadata.creationTimestamp", "date", 0),
     ]
     assert columns["WorkerPool"] == [
@@ -124,7 +132,9 @@ def test_schema_is_structural(name: str, root: Mapping[str, Any]) -> None:
             assert set(keys) <= set(item.get("required", [])), f"{path}: map keys must be required"
         if "default" in node:
             assert path != "", "no default at the root"
-    assert set(root["properties"]) == {"apiVersion", "kind", "metadata", "spec", "status"}
+    top = {"apiVersion", "kind", "metadata", "spec"} | ({"status"} if "status" in root["properties"] else set())
+    assert set(root["properties"]) == top
+    assert ("status" in root["properties"]) == (crd_name != "agentworkflows.agentrun.io")
 
 
 def rules() -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -152,3 +162,25 @@ def test_at_least_the_documented_cross_field_rules() -> None:
     assert ("spec.agent.script[]", "exactly one of text or fail must be set") in found
     assert ("spec.agent.mcpServers[]", "url is required when transport is http") in found
     assert ("spec", "minReplicas must be less than or equal to maxReplicas") in found
+    assert ("spec.steps", "step names must be unique") in found
+
+
+def test_a_workflow_agent_is_the_run_agent() -> None:
+    # Given the two CRDs (a CRD cannot reference another's schema, so AgentWorkflow copies it)
+    by_kind = {crd["spec"]["names"]["kind"]: crd for crd in crds()}
+
+    def spec_of(kind: str) -> Mapping[str, Any]:
+        root: Mapping[str, Any] = by_kind[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return root["properties"]["spec"]  # type: ignore[no-any-return]
+
+    run_agent = dict(spec_of("AgentRun")["properties"]["agent"])
+    workflow_agent = dict(spec_of("AgentWorkflow")["properties"]["agent"])
+    # Then spec.agent of a workflow is spec.agent of a run, but for its description
+    run_agent.pop("description")
+    workflow_agent.pop("description")
+    assert workflow_agent == run_agent, "copy spec.agent of crds/agentrun.yaml into crds/agentworkflow.yaml"
+    # And a step's overrides have the run agent's bounds
+    step = spec_of("AgentWorkflow")["properties"]["steps"]["items"]["properties"]
+    for field in ("model", "systemPrompt", "tools", "maxIterations", "script"):
+        expected = {k: v for k, v in run_agent["properties"][field].items() if k not in ("description", "default")}
+        assert {k: v for k, v in step[field].items() if k not in ("description", "default")} == expected, field

@@ -40,7 +40,7 @@ def check(obj: dict[str, Any]) -> tuple[list[schema.FieldError], str]:
 def test_the_corpus_is_large_enough() -> None:
     assert len(BAD) >= 25
     kinds = {yaml.safe_load(p.read_text())["kind"] for p in BAD}
-    assert kinds == {"AgentRun", "WorkerPool"}
+    assert kinds == {"AgentRun", "WorkerPool", "AgentWorkflow"}
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
@@ -97,6 +97,15 @@ def test_agentrun_defaults() -> None:
     assert "reasoningEffort" not in spec["agent"] and "timeoutSeconds" not in spec
     # and the manifest itself is left alone
     assert "workerPool" not in hello["spec"]
+
+
+def test_agentworkflow_defaults() -> None:
+    workflow = {"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentWorkflow", "metadata": {"name": "w"},
+                "spec": {"agent": {"model": "scripted"}, "steps": [{"name": "a", "prompt": "{{input}}"}]}}
+    spec = schema.apply_defaults(schema.crd_for("awf"), workflow)["spec"]
+    assert spec["executor"] == "deterministic"
+    assert spec["agent"]["maxIterations"] == 100
+    assert spec["steps"] == [{"name": "a", "prompt": "{{input}}"}]  # a step inherits, it gets no defaults
 
 
 def test_workerpool_defaults_from_nothing() -> None:
@@ -168,6 +177,26 @@ GOOD: dict[str, dict[str, Any]] = {
             "conditions": [{"type": "Complete", "status": "True", "reason": "Completed", "message": "",
                             "lastTransitionTime": "2025-01-01T10:00:03Z", "observedGeneration": 1}],
         },
+    },
+    "workflow-deterministic": {
+        "kind": "AgentWorkflow",
+        "spec": {
+            "description": "Write a short article.",
+            "agent": {"model": "openai/gpt-4o-mini", "systemPrompt": "You write well.", "tools": ["web_search"],
+                      "maxTokens": 100000},
+            "steps": [
+                {"name": "outline", "description": "Plan the article.", "prompt": "Outline: {{input}}"},
+                {"name": "draft", "prompt": "Write it from {{ steps.outline.output }}", "model": "openai/gpt-4o",
+                 "systemPrompt": "You are a writer.", "tools": [], "maxIterations": 5},
+                {"name": "check", "prompt": "Check {{steps.draft.output}} against {{input}}", "model": "scripted",
+                 "script": [{"text": "fine"}]},
+            ],
+        },
+    },
+    "workflow-agent": {
+        "kind": "AgentWorkflow",
+        "spec": {"executor": "agent", "agent": {"model": "scripted", "script": [{"text": "done"}]},
+                 "steps": [{"name": "a", "prompt": "{{input}}", "script": [{"text": "a"}]}]},
     },
     "pool-with-credentials": {
         "kind": "WorkerPool",

@@ -82,6 +82,15 @@ def test_the_chart_grants_exactly_what_the_operator_and_workers_call(
                          "agent": {"model": "scripted"}}})
     status = bed.wait_phase(namespace, "rbac-secret", "Succeeded", "Failed")["status"]
     assert status.get("result") == "You said: hello from a Secret", (status.get("reason"), status.get("message"))
+    # a run of an AgentWorkflow, which the operator resolves into the message
+    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentWorkflow",
+                "metadata": {"name": "rbac", "namespace": namespace},
+                "spec": {"agent": {"model": "scripted"}, "steps": [{"name": "one", "prompt": "{{input}} step"}]}})
+    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
+                "metadata": {"name": "rbac-workflow", "namespace": namespace},
+                "spec": {"input": "hello from a workflow", "workflowRef": {"name": "rbac"}}})
+    status = bed.wait_phase(namespace, "rbac-workflow", "Succeeded", "Failed")["status"]
+    assert status.get("result") == "You said: hello from a workflow step", (status.get("reason"), status.get("message"))
     # a finished run deleted after its TTL, and a pool whose Deployment is created and scaled
     bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
                 "metadata": {"name": "rbac-ttl", "namespace": namespace},

@@ -88,7 +88,7 @@ def test_apply_crds_then_a_run_and_get_it(kubectl: Kubectl) -> None:
                 content=b'{"status":{"phase":"Running","iterations":7,"reason":"Started"}}').raise_for_status()
     assert kubectl("get", "ar").stdout.splitlines()[1].split()[:5] == ["hello", "Running", "gpt-test", "default", "7"]
     wide = kubectl("get", "ar", "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["NAME", "PHASE", "MODEL", "POOL", "ITERATIONS", "REASON", "AGE"]
+    assert wide[0].split() == ["NAME", "PHASE", "MODEL", "POOL", "ITERATIONS", "REASON", "WORKFLOW", "AGE"]
     assert kubectl("get", "agents").stdout.splitlines()[1].startswith("agentrun.agentrun.io/hello")
 
     obj = json.loads(kubectl("get", "ar", "hello", "-o", "json").stdout)

@@ -50,7 +50,7 @@ class AgentLoop:
         self,
         *,
         provider: base.Provider,
-        writer: streams.StreamWriter,
+        writer: streams.Emitter,
         db: store.Store,
         run_id: str,
         attempt: int,
@@ -60,9 +60,11 @@ class AgentLoop:
         completed_turns: int = 0,
         last_result: str = "",
         registry: tools.Registry | None = None,
+        turn_prefix: str = "",
     ) -> None:
         """``completed_turns`` turns of this attempt are already in ``history`` (a resumed
-        run): the loop goes on with the next iteration."""
+        run): the loop goes on with the next iteration. ``turn_prefix`` keeps the stored
+        turns of several loops of one run apart (workflow steps: ``step/<name>.<n>/``)."""
         self._provider = provider
         self._writer = writer
         self._db = db
@@ -78,6 +80,7 @@ class AgentLoop:
             self._messages.append({"role": "system", "content": system})
         self._messages.extend(history)
         self._first_iteration = completed_turns + 1
+        self._turn_prefix = turn_prefix
         self.outcome = Outcome(result=last_result, iterations=completed_turns)
 
     async def run(self) -> Outcome:
@@ -105,7 +108,7 @@ class AgentLoop:
             self._messages.append(message)
             self._writer.emit({"type": streams.MESSAGE, **message, "iteration": iteration})
             ended, results = await self._run_tools(turn, iteration)
-            turn_id = f"{self._run_id}/{self._attempt}/{iteration}"
+            turn_id = f"{self._run_id}/{self._attempt}/{self._turn_prefix}{iteration}"
             stored: Any = turn.text if not turn.tool_calls else {"content": turn.text,
                                                                  "tool_calls": message["tool_calls"]}
             await self._db.add_message(self._thread_id, "assistant", stored, run_id=self._run_id, message_id=turn_id)

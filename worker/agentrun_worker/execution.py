@@ -32,7 +32,7 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import control, keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, tools
+from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, tools, workflows
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -261,6 +261,7 @@ class Execution:
                 status=str(phases.Phase.QUEUED), attempt=msg.attempt,
                 queued_at=_parse_time(msg.queued_at),
                 metadata={"model": (msg.spec.get("agent") or {}).get("model"),
+                          "workflow": (msg.spec.get("workflowRef") or {}).get("name"),
                           "workerPool": msg.spec.get("workerPool")},
             )
         )
@@ -296,6 +297,15 @@ class Execution:
 
     async def _execute(self, user_input: str, watch: stopping.StopWatch) -> None:
         msg = self.msg
+        if workflows.is_workflow(msg.spec):
+            try:
+                runner = await workflows.executor(msg, user_input=user_input, writer=self.writer, db=self.c.store,
+                                                  settings=runtime.worker_config())
+            except workflows.Refused as exc:
+                await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+                return
+            await self._drive(runner, watch)
+            return
         agent_spec = msg.spec.get("agent") or {}
         try:
             provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
@@ -323,6 +333,11 @@ class Execution:
         )
         if resumed:
             logger.info("run.resumed", after_iteration=len(resumed))
+        await self._drive(loop, watch)
+
+    async def _drive(self, loop: agent.AgentLoop | workflows.Executor, watch: stopping.StopWatch) -> None:
+        """Run the loop until it ends, or a stop, the deadline, a lost lease or a hand-back ends it."""
+        msg = self.msg
         task = asyncio.get_running_loop().create_task(loop.run())
         stop_wait = asyncio.get_running_loop().create_task(watch.requested.wait())
         lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())

@@ -48,6 +48,10 @@ in a Role in each of watchNamespaces otherwise.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]
+# A run's spec.workflowRef is resolved into its broker message (dispatch and re-queue).
+- apiGroups: ["agentrun.io"]
+  resources: ["agentworkflows"]
+  verbs: ["get"]
 # kopf and the operator post Events on the resources they handle.
 - apiGroups: [""]
   resources: ["events"]
