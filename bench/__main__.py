@@ -1,11 +1,11 @@
-"""Entry point: ``python -m bench {stream,dispatch,sse,stop}``."""
+"""Entry point: ``python -m bench {stream,dispatch,sse,stop,overhead}``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("stream", "dispatch", "sse", "stop")
+BENCHMARKS = ("stream", "dispatch", "sse", "stop", "overhead")
 
 
 def main() -> int:
