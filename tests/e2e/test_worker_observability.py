@@ -156,3 +156,58 @@ def test_a_worker_runs_without_any_observability_package_installed(
                              "tracing.sentry_unavailable"}, warnings
     assert "Traceback" not in worker.output()
     assert receiver.requests == []
+
+
+def test_a_database_lost_mid_run_is_reported_to_sentry_with_the_runs_tags(
+    bed: harness.Bed, operator: Any, namespace: str, receiver: tracing_receiver.Receiver,
+    model: openai_server.OpenAIServer, postgres_dsn: str,
+) -> None:
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    from agentrun import store
+    from tests.e2e.test_runs import stream_events
+
+    # Given a worker on a database of its own, reporting to Sentry
+    admin = postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+    name = f"agentrun_lost_{uuid.uuid4().hex[:8]}"
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f'CREATE DATABASE "{name}"'))
+    own = postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        asyncio.run(store.migrate_url(own))
+        worker = bed.start_worker(f"agentrun.{namespace}.default", AGENTRUN_DATABASE_URL=own,
+                                  **observability_env(receiver, model))
+        # And a run streaming slowly
+        words = " ".join(f"w{i}" for i in range(400))
+        uid = bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
+                          "metadata": {"name": "lost-db", "namespace": namespace},
+                          "spec": {"input": "hi", "agent": {"model": "scripted",
+                                                            "script": [{"text": words, "chunkDelayMs": 10}]}}}
+                         )["metadata"]["uid"]
+        harness.wait_until(lambda: any(e["type"] == "assistant" for e in stream_events(bed.redis_url, uid)), 60,
+                           "the run to stream")
+        # When its database disappears under it
+        asyncio.run(sql(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        # Then the infrastructure error reaches Sentry, tagged with the run
+        events = harness.wait_until(receiver.events, 60, "a Sentry event")
+        thread_id = bed.get_run(namespace, "lost-db")["status"]["threadId"]
+        assert events[0]["tags"] == {"run_id": uid, "thread_id": thread_id, "namespace": namespace,
+                                     "name": "lost-db", "attempt": "1"}, events[0]["tags"]
+        assert all(e["tags"]["run_id"] == uid for e in events)
+        assert events[0]["exception"]["values"], events[0]
+        # And no secret travelled with it
+        assert all(KEY.encode() not in env["raw"] and LANGFUSE_SECRET.encode() not in env["raw"]
+                   for env in receiver.envelopes())
+        worker.stop()
+    finally:
+        asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
