@@ -10,6 +10,7 @@ sends its envelopes to the same receiver through a DSN pointing at it.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -129,7 +130,8 @@ async def test_a_run_is_one_trace_with_a_span_per_model_call_and_tool_call(
     server.reply(openai_server.tool_reply(("call_1", "lookup", '{"q": "paris"}')),
                  openai_server.tool_reply(("call_2", "complete", '{"text": "Sunny."}'), text="Done."))
     # When the run's loop runs
-    run_id, loop = await run_loop(db, redis_client, settings, {"model": "openai/test-model"}, registry)
+    run_id, loop = await run_loop(db, redis_client, settings, {"model": "openai/test-model",
+                                                               "reasoningEffort": "low"}, registry)
     tracing.flush()
     outcome = loop.outcome
     assert (outcome.reason, outcome.result) == ("Completed", "Sunny.")
@@ -186,6 +188,8 @@ async def test_a_run_is_one_trace_with_a_span_per_model_call_and_tool_call(
     assert run_span["attributes"]["langfuse.trace.name"] == "weather"
     generation = by_type["generation"]
     assert generation["attributes"]["langfuse.observation.model.name"] == "test-model"
+    assert json.loads(generation["attributes"]["langfuse.observation.model.parameters"]) == {
+        "reasoning_effort": "low"}
     assert '"input": ' in generation["attributes"]["langfuse.observation.usage_details"]
     assert "weather in Paris?" in generation["attributes"]["langfuse.observation.input"]
     assert "Sunny." in run_span["attributes"]["langfuse.observation.output"]

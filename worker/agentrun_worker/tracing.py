@@ -362,6 +362,8 @@ class RunObservation(Observation):
         self.provider = ""
         self.model = ""
         self.thread_id = ""
+        self.parameters: dict[str, Any] = {}
+        """The thinking settings the provider maps to the model's parameters."""
 
     def finished(self, outcome: agent_loop.Outcome) -> None:
         self._set({"gen_ai.usage.input_tokens": outcome.input_tokens,
@@ -449,6 +451,8 @@ def invoke_agent(agent: dict[str, Any], *, run_id: str, thread_id: str, user_inp
         otel_span = otel_cm.__enter__()
     run = RunObservation(backends, otel_span, lf_obs, lf_ctx)
     run.provider, run.model, run.thread_id = provider, model, thread_id
+    run.parameters = {k: v for k, v in (("reasoning_effort", agent.get("reasoningEffort")),
+                                        ("enable_thinking", agent.get("enableThinking"))) if v}
     token = _current_run.set(run)
     try:
         yield run
@@ -500,7 +504,7 @@ def chat(messages: list[dict[str, Any]], *, iteration: int) -> Iterator[ChatObse
                         "gen_ai.conversation.id": run.thread_id, "agentrun.iteration": iteration})
         otel_span = otel_cm.__enter__()
     lf_obs = run._child(f"chat {run.model}", "generation", model=run.model, input=list(messages),
-                        metadata={"iteration": iteration})
+                        model_parameters=run.parameters or None, metadata={"iteration": iteration})
     observation = ChatObservation(backends, otel_span, lf_obs)
     observation._content("gen_ai.input.messages", messages)
     try:
