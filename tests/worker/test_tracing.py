@@ -158,6 +158,10 @@ async def test_a_run_is_one_trace_with_a_span_per_model_call_and_tool_call(
     assert chats[0].kind == SpanKind.CLIENT
     assert chats[0].attributes["gen_ai.operation.name"] == "chat"
     assert sum(c.attributes["gen_ai.usage.input_tokens"] for c in chats) == outcome.input_tokens
+    # (the first reply is only a tool call; the second streams text: its first chunk is timed)
+    assert "gen_ai.response.time_to_first_chunk" not in chats[0].attributes
+    assert 0 < chats[1].attributes["gen_ai.response.time_to_first_chunk"] < (
+        chats[1].end_time - chats[1].start_time) / 1e9
     assert chats[0].attributes["gen_ai.response.finish_reasons"] == ("tool_calls",)
     failed_tool = spans["execute_tool lookup"]
     assert failed_tool.attributes["gen_ai.tool.name"] == "lookup"
@@ -186,7 +190,7 @@ async def test_a_run_is_one_trace_with_a_span_per_model_call_and_tool_call(
         assert s["attributes"]["session.id"] == run_id
         assert s["attributes"]["user.id"] == "team-a"
     assert run_span["attributes"]["langfuse.trace.name"] == "weather"
-    generation = by_type["generation"]
+    generation = next(s for s in observations if "langfuse.observation.completion_start_time" in s["attributes"])
     assert generation["attributes"]["langfuse.observation.model.name"] == "test-model"
     assert json.loads(generation["attributes"]["langfuse.observation.model.parameters"]) == {
         "reasoning_effort": "low"}

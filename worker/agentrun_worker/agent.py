@@ -99,7 +99,7 @@ class AgentLoop:
                 self._writer.emit({"type": streams.ASSISTANT, "delta": chunk, "iteration": iteration})
 
             with tracing.chat(self._messages, iteration=iteration) as chat:
-                turn = await self._provider.turn(self._messages, iteration=iteration, on_delta=on_delta,
+                turn = await self._provider.turn(self._messages, iteration=iteration, on_delta=chat.watch(on_delta),
                                                  tools=self._registry.schemas() or None)
                 chat.finished(turn)
             outcome.input_tokens += turn.input_tokens

@@ -35,10 +35,12 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import datetime
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -390,6 +392,24 @@ class RunObservation(Observation):
 
 
 class ChatObservation(Observation):
+    def watch(self, on_delta: base.OnDelta) -> base.OnDelta:
+        """``on_delta``, noting when the first chunk arrives (time to first chunk); itself
+        when nothing is traced, so an untraced stream pays nothing."""
+        if self.otel_span is None and self.langfuse is None:
+            return on_delta
+        started = time.perf_counter()
+        seen = [False]
+
+        def first_chunk(chunk: str) -> Any:
+            if not seen[0]:
+                seen[0] = True
+                self._set({"gen_ai.response.time_to_first_chunk": time.perf_counter() - started})
+                if self.langfuse is not None:
+                    self.langfuse.update(completion_start_time=datetime.datetime.now(datetime.UTC))
+            return on_delta(chunk)
+
+        return first_chunk
+
     def finished(self, turn: base.Turn) -> None:
         self._set({"gen_ai.usage.input_tokens": turn.input_tokens,
                    "gen_ai.usage.output_tokens": turn.output_tokens,
