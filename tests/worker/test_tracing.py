@@ -214,7 +214,7 @@ async def test_an_infrastructure_error_goes_to_sentry_with_the_runs_tags_but_an_
     with pytest.raises(agent.BudgetExceeded):
         await run_loop(db, redis_client, settings, {"model": "openai/test-model", "maxTokens": 5,
                                                     "maxIterations": 3})
-    server.reply(openai_server.Error(400, "this model does not take that", "invalid_request_error"))
+    server.reply(openai_server.Error(400, f"this model does not take that from key {KEY}", "invalid_request_error"))
     with pytest.raises(providers.base.ProviderError):
         await run_loop(db, redis_client, settings, {"model": "openai/test-model"})
     # And a run whose database went away under it (an infrastructure error)
@@ -243,6 +243,11 @@ async def test_an_infrastructure_error_goes_to_sentry_with_the_runs_tags_but_an_
         (StatusCode.ERROR, type(caught.value).__qualname__)]
     chat_errors = [s.attributes.get("error.type") for s in exporter.get_finished_spans() if s.name.startswith("chat")]
     assert "ModelError" in chat_errors
+    # And an error text that echoes a secret is recorded on the spans without it
+    refused = [s for s in exporter.get_finished_spans() if s.attributes.get("error.type") == "ModelError"]
+    assert refused and all("from key ***" in s.status.description for s in refused)
+    recorded = [str(dict(e.attributes or {})) for s in exporter.get_finished_spans() for e in s.events]
+    assert recorded and not any(KEY in text for text in recorded)
 
 
 async def test_an_error_escaping_the_actor_is_reported_once_and_without_secrets(

@@ -12,6 +12,7 @@ at the length limit continue the loop. ``maxTokens`` (input plus output, all tur
 execution) is checked before every model call, as the seed checks billing: a run over
 budget fails with ``BudgetExceeded``. The loop knows nothing of leases, stop requests or
 status: cancelling its task stops it (a running tool included).
+The run, each model call and each tool call are traced through ``tracing``.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -344,9 +345,12 @@ class Observation:
         if self.otel_span is not None:
             from opentelemetry.trace import Status, StatusCode
 
+            secrets = _secrets()
             self.otel_span.set_attribute("error.type", error_type)
-            self.otel_span.record_exception(exc)
-            self.otel_span.set_status(Status(StatusCode.ERROR, f"{error_type}: {exc}"))
+            self.otel_span.record_exception(exc, attributes={  # as the SDK records it, scrubbed
+                "exception.message": scrub(str(exc), secrets),
+                "exception.stacktrace": scrub("".join(traceback.format_exception(exc)), secrets)})
+            self.otel_span.set_status(Status(StatusCode.ERROR, scrub(f"{error_type}: {exc}", secrets)))
         if self.langfuse is not None:
             self.langfuse.update(level="ERROR", status_message=f"{error_type}: {scrub(str(exc))}")
 
