@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("stream", "dispatch", "sse", "stop", "scale", "autoscale")
+BENCHMARKS = ("stream", "dispatch", "sse", "stop", "scale", "autoscale", "overhead")
 
 
 def main() -> int:

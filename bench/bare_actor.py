@@ -1,7 +1,9 @@
-"""The baseline of ``bench dispatch``: a bare Dramatiq async actor that notes when it started.
+"""The baselines of ``bench dispatch`` and ``bench overhead``: bare Dramatiq async actors.
 
-Run by a real ``dramatiq bench.bare_actor`` process on RabbitMQ (publisher confirms), it
-does nothing but write its start time to Redis: what dispatch costs without agentrun.
+Run by a real ``dramatiq bench.bare_actor`` process on RabbitMQ (publisher confirms).
+``touch`` does nothing but write its start time to Redis: what dispatch costs without
+agentrun. ``stream_reply`` writes a scripted reply's events to a Redis stream in one
+pipelined round trip: what a trivial run costs without agentrun.
 """
 
 from __future__ import annotations
@@ -32,3 +34,23 @@ async def touch(index: int) -> None:
     if _redis is None:
         _redis = aioredis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     await _redis.rpush(RESULTS, json.dumps({"i": index, "t": started}))
+
+
+STREAM_QUEUE = "bench.bare-stream"
+
+
+@dramatiq.actor(queue_name=STREAM_QUEUE, max_retries=0)
+async def stream_reply(key: str, chunks: list[str]) -> None:
+    """The baseline of ``bench overhead``: the scripted reply's events, straight to a stream."""
+    global _redis
+    if _redis is None:
+        _redis = aioredis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    pipe = _redis.pipeline(transaction=False)
+    pipe.xadd(key, {"e": json.dumps({"type": "status", "status": "running"})})
+    for chunk in chunks:
+        pipe.xadd(key, {"e": json.dumps({"type": "assistant", "delta": chunk, "iteration": 1})})
+    pipe.xadd(key, {"e": json.dumps({"type": "message", "role": "assistant", "content": "".join(chunks),
+                                     "iteration": 1})})
+    pipe.xadd(key, {"e": json.dumps({"type": "status", "status": "succeeded", "reason": "Completed"})})
+    pipe.expire(key, 3600)
+    await pipe.execute()

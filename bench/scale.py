@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import pika
+import prometheus_client.parser
 
 from bench import report
 
@@ -180,8 +181,12 @@ def operator_run(count: int, concurrency: int, amqp_url: str, redis_url: str, da
         def all_queued() -> bool:
             # the operator's own gauge: every run Queued in its index (read on scrape)
             text = httpx.get(operator.metrics_url, timeout=10).text
-            wanted = f'agentrun_runs{{namespace="{namespace}",pool="default",phase="Queued"}} {float(count)}'
-            return wanted in text
+            for family in prometheus_client.parser.text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "agentrun_runs" and sample.labels.get("namespace") == namespace \
+                            and sample.labels.get("phase") == "Queued":
+                        return sample.value >= count
+            return False
 
         harness.wait_until(all_queued, 1800, f"{count} runs Queued", 0.25)
         harness.wait_until(lambda: queue_depth(amqp_url, queue) >= count, 120, f"{count} messages", 0.25)

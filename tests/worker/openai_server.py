@@ -71,6 +71,8 @@ class Error:
 class Stream:
     chunks: list[dict[str, Any]]
     delay: float = 0.0
+    cut: bool = False
+    """Drop the connection after the chunks, without ``[DONE]`` (a provider that fails mid-answer)."""
 
 
 class OpenAIServer:
@@ -126,6 +128,10 @@ class OpenAIServer:
             await response.write(f"data: {json.dumps(item, separators=(',', ':'))}\n\n".encode())
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+        if reply.cut:
+            assert request.transport is not None
+            request.transport.close()
+            return response
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -37,7 +37,9 @@ async def settings(server: openai_server.OpenAIServer, monkeypatch: pytest.Monke
     yield config.WorkerSettings(
         model_endpoints={"openai": config.Endpoint(base_url=server.base_url, api_key_env="TEST_LLM_KEY"),
                          "vllm": config.Endpoint(base_url=server.base_url, api_key_env="TEST_LLM_KEY",
-                                                 thinking="chat_template_kwargs")},
+                                                 thinking="chat_template_kwargs"),
+                         "plain": config.Endpoint(base_url=server.base_url, api_key_env="TEST_LLM_KEY",
+                                                  thinking="none")},
         model_retry_base_seconds=0.01, model_max_retries=2,
     )
     await providers.close()
@@ -88,6 +90,9 @@ async def test_tool_call_deltas_are_assembled_into_whole_calls(
     ({"enableThinking": True}, "openai/o4", {"reasoning_effort": "medium"}),
     ({"reasoningEffort": "high"}, "openai/o4", {"reasoning_effort": "high"}),
     ({"enableThinking": True}, "vllm/qwen3", {"chat_template_kwargs": {"enable_thinking": True}}),
+    ({"reasoningEffort": "low"}, "vllm/qwen3", {"chat_template_kwargs": {"enable_thinking": True}}),
+    ({"enableThinking": True, "reasoningEffort": "high"}, "plain/llama", {}),
+    ({"enableThinking": False}, "vllm/qwen3", {}),
     ({}, "openai/o4", {}),
 ])
 async def test_thinking_settings_map_to_the_endpoints_parameters(
@@ -111,6 +116,20 @@ async def test_transient_errors_are_retried_with_backoff_and_the_turn_succeeds(
     turn = await provider(settings).turn(USER, iteration=1, on_delta=lambda _: None)
     assert turn.text == "fine"
     assert len(server.requests) == 3
+
+
+async def test_a_connection_lost_after_text_was_streamed_is_not_retried(
+    server: openai_server.OpenAIServer, settings: config.WorkerSettings
+) -> None:
+    # Given a provider that drops the connection mid-answer (transient), and a good answer queued
+    server.reply(openai_server.Stream(openai_server.text_reply("Hel", "lo ", "the")[:3], cut=True),
+                 openai_server.text_reply("never sent"))
+    deltas: list[str] = []
+    # When a turn runs, Then it fails at once: a retry would stream "Hel" to readers a second time
+    with pytest.raises(base.ProviderError, match="Connection error"):
+        await provider(settings).turn(USER, iteration=1, on_delta=deltas.append)
+    assert deltas == ["Hel", "lo "]
+    assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("status", [400, 401, 404])

@@ -101,7 +101,7 @@ async def test_a_step_that_runs_out_of_iterations_fails_the_run(client: aioredis
      "ProviderUnavailable", 'step "b": no provider for model "nowhere/m"'),
     ({"agent": {"model": "scripted", "tools": ["nope"]}, "steps": [{"name": "a", "prompt": "x", "tools": []},
                                                                    {"name": "b", "prompt": "x"}]},
-     "ToolNotFound", "step \"b\": no tool named 'nope'"),
+     "ToolNotFound", "step \"b\": spec.agent.tools: no tool or MCP server named 'nope'"),
 ])
 async def test_a_workflow_that_cannot_run_is_refused_before_any_model_call(
     client: aioredis.Redis, db: store.Store, workflow: dict[str, Any] | None, reason: str, text: str

@@ -13,10 +13,11 @@ import dramatiq
 import dramatiq.middleware
 
 from agentrun import message
-from agentrun_worker import execution, middleware, runtime, shutdown
+from agentrun_worker import execution, middleware, runtime, shutdown, tracing
 
 runtime.broker().add_middleware(middleware.CloseClients(), after=dramatiq.middleware.AsyncIO)
 runtime.broker().add_middleware(shutdown.GracefulShutdown(runtime.worker_config().shutdown_grace_seconds))
+tracing.setup()  # once per worker process: OpenTelemetry, Langfuse, Sentry as configured
 
 
 @dramatiq.actor(
@@ -28,4 +29,5 @@ runtime.broker().add_middleware(shutdown.GracefulShutdown(runtime.worker_config(
     max_backoff=30_000,
 )
 async def execute_run(payload: dict[str, Any]) -> None:
-    await execution.execute(payload)
+    with tracing.reporting_errors():
+        await execution.execute(payload)

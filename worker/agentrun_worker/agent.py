@@ -12,6 +12,7 @@ at the length limit continue the loop. ``maxTokens`` (input plus output, all tur
 execution) is checked before every model call, as the seed checks billing: a run over
 budget fails with ``BudgetExceeded``. The loop knows nothing of leases, stop requests or
 status: cancelling its task stops it (a running tool included).
+The run, each model call and each tool call are traced through ``tracing``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 from typing import Any
 
 from agentrun import store, streams
-from agentrun_worker import tools
+from agentrun_worker import tools, tracing
 from agentrun_worker.providers import base
 
 
@@ -79,11 +80,19 @@ class AgentLoop:
         if system:  # the registry's part says what each MCP server offers
             self._messages.append({"role": "system", "content": system})
         self._messages.extend(history)
+        self._agent = agent
         self._first_iteration = completed_turns + 1
         self._turn_prefix = turn_prefix
         self.outcome = Outcome(result=last_result, iterations=completed_turns)
 
     async def run(self) -> Outcome:
+        user = next((m.get("content") for m in reversed(self._messages) if m.get("role") == "user"), None)
+        with tracing.invoke_agent(self._agent, run_id=self._run_id, thread_id=self._thread_id,
+                                  user_input=user) as trace:
+            trace.finished(await self._turns())
+        return self.outcome
+
+    async def _turns(self) -> Outcome:
         outcome = self.outcome
         for iteration in range(self._first_iteration, self._max_iterations + 1):
             used = outcome.input_tokens + outcome.output_tokens
@@ -94,8 +103,10 @@ class AgentLoop:
             def on_delta(chunk: str, iteration: int = iteration) -> None:
                 self._writer.emit({"type": streams.ASSISTANT, "delta": chunk, "iteration": iteration})
 
-            turn = await self._provider.turn(self._messages, iteration=iteration, on_delta=on_delta,
-                                             tools=self._registry.schemas() or None)
+            with tracing.chat(self._messages, iteration=iteration) as chat:
+                turn = await self._provider.turn(self._messages, iteration=iteration, on_delta=chat.watch(on_delta),
+                                                 tools=self._registry.schemas() or None)
+                chat.finished(turn)
             outcome.input_tokens += turn.input_tokens
             outcome.output_tokens += turn.output_tokens
             outcome.result = turn.text
@@ -134,7 +145,9 @@ class AgentLoop:
         for call in turn.tool_calls:
             self._writer.emit({"type": streams.TOOL_CALL, "id": call.id, "name": call.name,
                                "arguments": call.arguments, "iteration": iteration})
-            result = await self._registry.call(call.name, call.arguments)
+            with tracing.execute_tool(call.name, call_id=call.id, arguments=call.arguments) as span:
+                result = await self._registry.call(call.name, call.arguments)
+                span.finished(result)
             self._writer.emit({"type": streams.TOOL_RESULT, "id": call.id, "name": call.name,
                                "content": result.content, "error": result.error, "iteration": iteration})
             tool_message = {"role": "tool", "tool_call_id": call.id, "content": result.content}

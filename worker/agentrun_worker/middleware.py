@@ -4,7 +4,8 @@ The clients (Redis, Kubernetes, the store) live on Dramatiq's event loop thread.
 worker threads have finished their runs, they are closed on that loop — before the AsyncIO
 middleware stops it: Dramatiq runs ``after_*`` hooks in reverse order, which is why this
 middleware is added *after* AsyncIO. Without this an
-open SQLite connection thread keeps the process from exiting.
+open SQLite connection thread keeps the process from exiting. Then the trace exporters are
+flushed (``tracing``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dramatiq
 import dramatiq.asyncio
 
-from agentrun_worker import runtime
+from agentrun_worker import runtime, tracing
 
 
 class CloseClients(dramatiq.Middleware):
@@ -20,3 +21,4 @@ class CloseClients(dramatiq.Middleware):
         loop_thread = dramatiq.asyncio.get_event_loop_thread()
         if loop_thread is not None:
             loop_thread.run_coroutine(runtime.close())
+        tracing.shutdown()  # what the trace exporters still buffer goes out before the process exits
