@@ -338,3 +338,36 @@ def test_a_workflow_handed_back_at_shutdown_resumes_after_its_completed_steps(
         ("two", 2, "started"), ("two", 2, "completed"), ("three", 1, "started"), ("three", 1, "completed")]
     assert [e["status"] for e in events if e["type"] == streams.STATUS] == ["running", "requeued", "running",
                                                                           "succeeded"]
+
+
+def test_workflow_steps_call_the_mcp_tools_of_the_workflow_s_agent(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a workflow whose agent has a stdio MCP server, and two steps that call its tools
+    from tests.e2e.test_worker_mcp import server_processes, stdio
+
+    tag = f"wf-{namespace}"
+    bed.start_worker(f"agentrun.{namespace}.default")
+    bed.create(workflow(
+        namespace, "tooling",
+        {"name": "sum", "prompt": "Add for {{input}}.",
+         "script": [{"text": "Adding.",
+                     "toolCalls": [{"name": "testkit__add", "arguments": json.dumps({"a": 2, "b": 3})}]},
+                    {"text": "sum={{toolResults}}"}]},
+        {"name": "say", "prompt": "Say [{{steps.sum.output}}].",
+         "script": [{"text": "Echo.",
+                     "toolCalls": [{"name": "testkit__echo", "arguments": json.dumps({"text": "hi"})}]},
+                    {"text": "said={{toolResults}}"}]},
+        agent={"model": "scripted", "mcpServers": [stdio(tag)]},
+    ))
+    # When a run refers to it
+    uid = bed.create(run_of(namespace, "tools", "tooling"))["metadata"]["uid"]
+    status = bed.wait_phase(namespace, "tools", "Succeeded", "Failed", "Stopped")["status"]
+    # Then both steps called their MCP tool and saw the result
+    assert (status["phase"], status["reason"]) == ("Succeeded", "Completed"), status
+    events = stream_events(bed.redis_url, uid)
+    results = [(e["step"], e["name"], bool(e.get("error"))) for e in events if e["type"] == streams.TOOL_RESULT]
+    assert results == [("sum", "testkit__add", False), ("say", "testkit__echo", False)], results
+    assert status["result"] == "said=echo: hi", status["result"]
+    # And the server is gone once the run ended
+    harness.wait_until(lambda: not server_processes(tag), 20, "the MCP server to exit with the run")

@@ -300,9 +300,14 @@ class Execution:
         if workflows.is_workflow(msg.spec):
             try:
                 runner = await workflows.executor(msg, user_input=user_input, writer=self.writer, db=self.c.store,
-                                                  settings=runtime.worker_config())
-            except workflows.Refused as exc:
+                                                  settings=runtime.worker_config(), toolbox=self.toolbox,
+                                                  stop=watch.requested)
+            except (workflows.Refused, mcp.ServerUnavailable) as exc:
                 await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+                return
+            except mcp.Interrupted:
+                reason = watch.reason or "StopRequested"
+                await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason))
                 return
             await self._drive(runner, watch)
             return

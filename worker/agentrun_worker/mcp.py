@@ -345,6 +345,18 @@ class Toolbox:
         await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
 
 
+async def start_for_all(agents: Sequence[dict[str, Any]], settings: config.WorkerSettings, toolbox: Toolbox,
+                        stop: asyncio.Event | None = None) -> list[tools.Server]:
+    """Start, once, every server any of ``agents`` can use (a workflow's steps and its agent):
+    each server is started one time for the whole run however many steps use it."""
+    specs: dict[str, ServerSpec] = {}
+    for agent in agents:
+        tools.mode_of(agent)  # a bad mode fails before any server starts
+        for spec in needed(agent, merge(settings.mcp_servers, agent.get("mcpServers") or [])):
+            specs.setdefault(spec.name, spec)
+    return await toolbox.start(list(specs.values()), settings, stop) if specs else []
+
+
 async def registry_for(agent: dict[str, Any], settings: config.WorkerSettings, toolbox: Toolbox,
                        stop: asyncio.Event | None = None) -> tools.Registry:
     """The run's registry: the servers its tool mode needs started in ``toolbox``, then selection.

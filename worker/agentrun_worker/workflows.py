@@ -35,6 +35,7 @@ executor's own loop goes on after its last stored turn.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import json
@@ -44,7 +45,7 @@ from typing import Any
 import structlog
 
 from agentrun import message, store, streams, templates
-from agentrun_worker import agent, config, providers, tools
+from agentrun_worker import agent, config, mcp, providers, tools
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -123,6 +124,8 @@ class Context:
     """The thread's messages from before this run (as the model sees them)."""
     resumed: list[store.MessageRecord] = dataclasses.field(default_factory=list)
     """What an interrupted execution of this attempt stored (a run handed back at shutdown)."""
+    servers: list[tools.Server] = dataclasses.field(default_factory=list)
+    """The run's MCP servers, started once for every step that may use them."""
 
     def turn_id(self, suffix: str) -> str:
         return f"{self.run_id}/{self.attempt}/{suffix}"
@@ -185,7 +188,7 @@ class Executor:
             try:
                 spec = step_agent(self._agent, step)
                 providers.for_agent(spec, "", self._ctx.settings)
-                tools.for_agent(spec)
+                tools.for_agent(spec, servers=self._ctx.servers)
             except (providers_base.ProviderUnavailable, tools.ToolNotFound) as exc:
                 raise Refused(exc.reason, f'step "{step["name"]}": {exc}') from None
 
@@ -230,7 +233,8 @@ class Executor:
         loop = agent.AgentLoop(
             provider=providers.for_agent(spec, prompt, ctx.settings), writer=_Tagged(ctx.writer, name), db=ctx.db,
             run_id=ctx.run_id, attempt=ctx.attempt, thread_id=ctx.thread_id, agent=spec,
-            history=[*ctx.history, {"role": "user", "content": prompt}], registry=tools.for_agent(spec),
+            history=[*ctx.history, {"role": "user", "content": prompt}],
+            registry=tools.for_agent(spec, servers=ctx.servers),
             turn_prefix=prefix,
         )
         self._current = loop
@@ -301,7 +305,7 @@ class AgentDriven(Executor):
         spec["systemPrompt"] = "\n\n".join(p for p in (spec.get("systemPrompt"), self.describe()) if p)
         try:
             provider = providers.for_agent(spec, ctx.user_input, ctx.settings)
-            registry = _StepTools(tools.for_agent(spec), self)
+            registry = _StepTools(tools.for_agent(spec, servers=self._ctx.servers), self)
         except (providers_base.ProviderUnavailable, tools.ToolNotFound) as exc:
             raise Refused(exc.reason, str(exc)) from None
         # An interrupted execution's own turns (ids <uid>/<attempt>/<n>[/tool/<i>]): go on after them
@@ -424,8 +428,14 @@ async def executor(
     writer: streams.StreamWriter,
     db: store.Store,
     settings: config.WorkerSettings,
+    toolbox: mcp.Toolbox | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Executor:
-    """The executor of the run's workflow; Refused when it cannot start."""
+    """The executor of the run's workflow; Refused when it cannot start.
+
+    The MCP servers any step (or the agent-driven executor's own agent) may use are started in
+    ``toolbox`` first, once for the run; :class:`mcp.ServerUnavailable` or
+    :class:`mcp.Interrupted` (``stop`` set while they start) come out of here as they are."""
     workflow = msg.spec.get("workflow")
     name = (msg.spec.get("workflowRef") or {}).get("name", "")
     if not isinstance(workflow, dict):
@@ -439,9 +449,17 @@ async def executor(
     stored = await db.list_messages(msg.thread_id)
     history = [_model_message(m) for m in stored if m.role in ("user", "assistant", "tool") and m.run_id != msg.uid]
     own = f"{msg.uid}/{msg.attempt}/"
+    servers: list[tools.Server] = []
+    if toolbox is not None:
+        base = dict(workflow.get("agent") or {})
+        try:
+            servers = await mcp.start_for_all([base, *(step_agent(base, s) for s in workflow.get("steps") or [])],
+                                              settings, toolbox, stop)
+        except tools.ToolNotFound as exc:
+            raise Refused(exc.reason, str(exc)) from None
     ctx = Context(writer=writer, db=db, run_id=msg.uid, attempt=msg.attempt, thread_id=msg.thread_id,
                   settings=settings, user_input=user_input, history=history,
-                  resumed=[m for m in stored if m.id.startswith(own)])
+                  resumed=[m for m in stored if m.id.startswith(own)], servers=servers)
     kind = workflow.get("executor", DETERMINISTIC)
     logger.info("workflow.start", workflow=name, executor=kind, steps=len(workflow.get("steps") or []))
     return AgentDriven(ctx, workflow) if kind == AGENT else Deterministic(ctx, workflow)
