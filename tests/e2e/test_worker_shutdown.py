@@ -66,7 +66,9 @@ def test_sigterm_mid_run_hands_the_run_back_and_another_worker_finishes_it_once(
     assert status["result"] == TURNS[-1]["text"]
     assert status["workerInstance"] != ""
     assert '"run.resumed"' in second.output()
-    assert first.output().count('"run.started"') == 1 and '"run.deferred"' not in first.output()
+    # (the draining worker may still take the handed-back copy and defer it at once, untouched:
+    # see agentrun_worker.shutdown; it never starts the run a second time)
+    assert first.output().count('"run.started"') == 1
     events = stream_events(bed.redis_url, uid)
     terminal = [e for e in events if streams.is_terminal(e)]
     assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "succeeded"
