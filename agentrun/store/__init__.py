@@ -19,6 +19,7 @@ import urllib.parse
 from agentrun.store.base import MessageRecord, RunRecord, Store, StoreError, Unavailable
 from agentrun.store.postgres import PostgresStore
 from agentrun.store.sqlite import SqliteStore
+from agentrun.store.supabase import SupabaseStore
 
 __all__ = [
     "MessageRecord",
@@ -26,6 +27,7 @@ __all__ = [
     "RunRecord",
     "SqliteStore",
     "Store",
+    "SupabaseStore",
     "StoreError",
     "Unavailable",
     "migrate_url",
