@@ -105,14 +105,6 @@ BEGIN
 END
 $$;
 
--- Supabase exposes every table of the public schema to its anon and authenticated roles
--- through PostgREST. Row level security without policies shuts them out; the service_role
--- key bypasses it, and so does the tables' owner (the PostgreSQL backend's connection).
-ALTER TABLE threads ENABLE ROW LEVEL SECURITY;
-ALTER TABLE agent_runs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE messages ENABLE ROW LEVEL SECURITY;
-ALTER TABLE schema_migrations ENABLE ROW LEVEL SECURITY;
-
 REVOKE EXECUTE ON FUNCTION agentrun_ensure_thread(text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION agentrun_upsert_run(text, text, text, text, text, integer, text, text, text, text, jsonb,
     jsonb, timestamptz, timestamptz, timestamptz, timestamptz) FROM PUBLIC;
@@ -120,11 +112,22 @@ REVOKE EXECUTE ON FUNCTION agentrun_transition(text, text, integer, text, text, 
     timestamptz) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION agentrun_add_message(text, text, text, text, text) FROM PUBLIC;
 
+-- On a Supabase project (recognised by its anon role), PostgREST exposes every table of the
+-- public schema to the anon and authenticated roles. Row level security without policies
+-- shuts them out; the service_role key bypasses it, and so does the tables' owner (the
+-- PostgreSQL backend's connection). Elsewhere nothing changes: a plain PostgreSQL server has
+-- no such exposure, and a worker connecting as a role other than the owner keeps working.
 DO $$
 DECLARE
     v_role text;
     v_fn text;
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        ALTER TABLE threads ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE agent_runs ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE messages ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE schema_migrations ENABLE ROW LEVEL SECURITY;
+    END IF;
     FOREACH v_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
         IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
             FOREACH v_fn IN ARRAY ARRAY['agentrun_ensure_thread', 'agentrun_upsert_run', 'agentrun_transition',
