@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -272,3 +276,20 @@ async def test_migrate_leaves_no_session_lock_behind(postgres_dsn: str) -> None:
     finally:
         for s in opened:
             await s.close()
+
+
+def test_agentrun_migrate_with_supabase_checks_the_schema_and_says_what_to_run(
+    postgrest_server: postgrest_server.PostgrestServer, tmp_path: pathlib.Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTRUN_", "SUPABASE_"))}
+    env.update(SUPABASE_URL=postgrest_server.url, AGENTRUN_SUPABASE_KEY=KEY, AGENTRUN_STATE_DIR=str(tmp_path))
+    agentrun = str(pathlib.Path(sys.executable).parent / "agentrun")
+    done = subprocess.run([agentrun, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "schema is up to date" in " ".join(done.stdout.split())
+    assert not (tmp_path / "agentrun.db").exists()  # no local SQLite migrated by mistake
+    # An unreachable project: the command fails and says so, without the key
+    env.update(SUPABASE_URL="http://127.0.0.1:1", AGENTRUN_DATABASE_RETRY_SECONDS="1")
+    failed = subprocess.run([agentrun, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "cannot reach Supabase" in " ".join(failed.stdout.split())
+    assert KEY not in failed.stdout + failed.stderr
