@@ -219,12 +219,27 @@ def logs(
 @app.command()
 def migrate(
     database_url: str | None = typer.Option(None, "--database-url", envvar="AGENTRUN_DATABASE_URL",
-                                            help="postgresql://… or sqlite:///path (default: local SQLite)."),
+                                            help="postgresql://… or sqlite:///path (default: local SQLite; "
+                                                 "with SUPABASE_URL set, check that project's schema)."),
 ) -> None:
     """Apply the database migrations (idempotent; safe to run concurrently)."""
     from agentrun import store
 
     config = settings.load()
+    if not database_url and config.supabase_url:
+        # Supabase's REST API runs no DDL: check the schema over REST and say what to run if it
+        # is missing, instead of migrating a local SQLite file nobody asked for.
+        async def check() -> list[str]:
+            async with store.from_settings(config) as configured:
+                return await configured.migrate()
+
+        try:
+            asyncio.run(check())
+        except (store.StoreError, ValueError) as exc:
+            out.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        out.print("the Supabase project's schema is up to date: applied 0 migration(s)")
+        return
     url = database_url or f"sqlite:///{pathlib.Path(config.state_dir) / 'agentrun.db'}"
     pathlib.Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     applied = asyncio.run(store.migrate_url(url))

@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +31,7 @@ def instance_host(instance: str | None) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTRUN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AGENTRUN_", extra="ignore", populate_by_name=True)
 
     broker_url: str | None = None
     """AMQP URL of RabbitMQ (``amqp://user:pass@host:5672/vhost``). Unset: in-process stub
@@ -41,7 +41,27 @@ class Settings(BaseSettings):
     """Redis URL for streams, leases and stop requests. Unset: embedded Redis in dev."""
 
     database_url: str | None = None
-    """``postgresql://…`` or ``sqlite:///path``. Unset: SQLite under ``state_dir``."""
+    """``postgresql://…`` or ``sqlite:///path``. Unset: Supabase when ``SUPABASE_URL`` and a key
+    are set, else SQLite under ``state_dir``. When both are set this one wins: it is
+    agentrun's own setting, while ``SUPABASE_URL`` is often set for other programs too."""
+
+    supabase_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AGENTRUN_SUPABASE_URL", "SUPABASE_URL", "supabase_url")
+    )
+    """The Supabase project URL (``https://<ref>.supabase.co``): with ``supabase_key`` (and no
+    ``database_url``) the store talks to Supabase's REST API. ``SUPABASE_URL`` is the name
+    Supabase's own tools use; ``AGENTRUN_SUPABASE_URL`` wins when both are set."""
+
+    supabase_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENTRUN_SUPABASE_KEY", "SUPABASE_SERVICE_ROLE_KEY", "supabase_key"),
+    )
+    """The project's service-role (secret) key; the workers write runs of every user, so the
+    anon key, bound by row level security, cannot do. A secret: never logged or shown."""
+
+    database_retry_seconds: float = 60.0
+    """How long a database operation is retried after infrastructure errors (seconds; see
+    ``agentrun.store.retrying``). 60 s rides out a managed database's failover."""
 
     state_dir: str = ".agentrun"
     """Directory for local state of ``agentrun dev`` (SQLite file, kubeconfig)."""

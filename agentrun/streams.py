@@ -19,8 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+import tenacity
 
 from agentrun import keys
+
+logger = structlog.get_logger(__name__)
+
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
+"""Errors that mean Redis was not reached (or its reply was lost): the write may be retried."""
 
 FIELD = b"e"
 START = "0-0"
@@ -78,6 +86,14 @@ class StreamWriter:
     round trip, so a burst of model tokens costs one round trip instead of one per token,
     and a lone event goes out immediately. ``flush`` waits until all emitted events are in
     Redis. Order is kept because only one flush runs at a time.
+
+    When Redis is out of reach (a restart, a failover, a dropped connection) the batch in
+    flight is sent again with exponential backoff and jitter for up to ``retry_seconds``; it
+    stays at the head of the buffer meanwhile, so what is emitted later goes out after it and
+    the order holds. A batch of several events is one ``MULTI``/``EXEC`` (one key, so it works
+    on Redis Cluster too): stored whole or not at all. When the reply of a try was lost, the
+    stream's last entries are compared with the batch before sending it again, so a retry does
+    not store it twice. Only then does a write error stick and re-raise.
     """
 
     def __init__(
@@ -87,8 +103,13 @@ class StreamWriter:
         *,
         maxlen: int = 10_000,
         batch_max: int = 64,
+        retry_seconds: float = 20.0,
     ) -> None:
+        """``retry_seconds``: how long a batch is retried while Redis is unreachable. 20 s, below
+        the lease's 30 s TTL: a worker cut off from Redis longer than that loses its lease and
+        must stop writing anyway."""
         self._client = client
+        self._retry_seconds = retry_seconds
         self._key = keys.stream(uid)
         self._maxlen = maxlen
         self._batch_max = batch_max
@@ -114,22 +135,59 @@ class StreamWriter:
         try:
             while self._buffer:
                 batch = self._buffer[: self._batch_max]
-                del self._buffer[: len(batch)]
-                if len(batch) == 1:
-                    entry_id = await self._client.xadd(
-                        self._key, {FIELD: batch[0]}, maxlen=self._maxlen, approximate=True
-                    )
-                    ids = [entry_id]
-                else:
-                    pipe = self._client.pipeline(transaction=False)
-                    for data in batch:
-                        pipe.xadd(self._key, {FIELD: data}, maxlen=self._maxlen, approximate=True)
-                    ids = await pipe.execute()
+                ids = await self._send(batch)
+                del self._buffer[: len(batch)]  # only once stored: a retry resends the same head
                 last = ids[-1]
                 self.last_id = last.decode() if isinstance(last, bytes) else str(last)
         except BaseException as exc:
             self._error = exc
             raise
+
+    async def _send(self, batch: list[bytes]) -> list[Any]:
+        """XADD every event of ``batch``, retried while Redis is unreachable; their entry ids."""
+        unsure = False
+
+        async def attempt() -> list[Any]:
+            nonlocal unsure
+            if unsure:
+                stored = await self._stored(batch)
+                if stored is not None:
+                    return stored
+            unsure = True  # from here on a failure may have happened after Redis stored the batch
+            ids: list[Any]
+            if len(batch) == 1:
+                ids = [await self._client.xadd(self._key, {FIELD: batch[0]}, maxlen=self._maxlen, approximate=True)]
+            else:
+                pipe = self._client.pipeline(transaction=True)
+                for data in batch:
+                    pipe.xadd(self._key, {FIELD: data}, maxlen=self._maxlen, approximate=True)
+                ids = await pipe.execute()
+            return ids
+
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(_UNREACHABLE),
+            stop=tenacity.stop_before_delay(self._retry_seconds),
+            wait=tenacity.wait_random_exponential(multiplier=0.05, max=2.0),
+            before_sleep=lambda state: logger.warning(
+                "stream.write_retry", key=self._key, attempt=state.attempt_number,
+                error=str(state.outcome.exception() if state.outcome else None),
+            ),
+            reraise=True,
+        )
+        result: list[Any] = await retrying(attempt)
+        return result
+
+    async def _stored(self, batch: list[bytes]) -> list[Any] | None:
+        """The ids of ``batch`` if it is already the tail of the stream (after the last entry
+        this writer knows), else None."""
+        entries: Any = await self._client.xrevrange(self._key, count=len(batch))
+        tail = list(reversed(entries))
+        if len(tail) != len(batch) or [fields.get(FIELD) for _, fields in tail] != batch:
+            return None
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i, _ in tail]
+        if self.last_id is not None and _entry_order(ids[0]) <= _entry_order(self.last_id):
+            return None
+        return ids
 
     async def flush(self) -> None:
         """Wait until every emitted event is stored; re-raise a write error."""
@@ -143,6 +201,11 @@ class StreamWriter:
 
     async def expire(self, ttl_seconds: int) -> None:
         await self._client.expire(self._key, ttl_seconds)
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def follow(

@@ -113,7 +113,9 @@ def create_app(
             services.redis = aioredis.Redis(connection_pool=pool)
             opened.append(services.redis.aclose)
         if services.database is None:
-            services.database = store.open_store(cfg.database_url)
+            # Its own URL, else what every process reads (Supabase's URL and key, or SQLite)
+            services.database = (store.open_store(cfg.database_url) if cfg.database_url
+                                 else store.from_settings(settings.load()))
             await services.database.connect()
             opened.append(services.database.close)
         services.hub = fanout.Hub(services.redis, encode=sse.entry_frame, block_ms=cfg.redis_block_ms,

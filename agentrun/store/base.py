@@ -43,6 +43,9 @@ class StoreError(Exception):
 class Unavailable(StoreError):
     """The database could not be reached or dropped the connection: the caller may retry."""
 
+    reason = "DatabaseUnavailable"
+    """What a run that fails on it says in ``status.reason`` (after the retries gave up)."""
+
 
 @dataclasses.dataclass
 class RunRecord:

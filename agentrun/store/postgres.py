@@ -3,9 +3,14 @@
 Built by :func:`agentrun.store.open_store` for ``postgresql://`` and ``postgres://`` URLs;
 the worker uses it in a cluster and ``agentrun migrate`` applies its schema.
 
-- Migrations run under a session advisory lock, so concurrent ``migrate`` calls (several
-  workers starting at once) apply each file exactly once; each file runs in its own
+- Migrations run under a transaction-scoped advisory lock, so concurrent ``migrate`` calls
+  (several workers starting at once) apply each file exactly once; each file runs in its own
   transaction together with its ``schema_migrations`` row.
+- No session state: nothing of this store outlives a transaction (no session locks, ``SET``,
+  ``LISTEN`` or temporary tables), so it works through a transaction pooler such as Supabase's
+  (pgbouncer/Supavisor on port 6543). There prepared statements cannot be cached per
+  connection either: the statement cache is turned off when the URL says ``pgbouncer=true``
+  or uses port 6543 (see :func:`pooler_dsn`).
 - A transition is one ``UPDATE ... WHERE <phase rule>``: the database decides, atomically.
 - ``add_message`` locks the thread row (``SELECT ... FOR UPDATE``) and takes the next value of
   the thread's ``last_seq`` counter in the same transaction.
@@ -21,6 +26,7 @@ import asyncio
 import collections.abc
 import contextlib
 import datetime
+import urllib.parse
 from typing import Any
 
 import asyncpg
@@ -30,6 +36,9 @@ from agentrun import log
 from agentrun.store import base
 
 logger = structlog.get_logger(__name__)
+
+SUPABASE_POOLER_PORT = 6543
+"""The port of Supabase's transaction pooler (its session pooler and PostgreSQL use 5432)."""
 
 MIGRATION_LOCK_KEY = 0x6167656E7472756E
 """Advisory lock key held while migrating: the ASCII bytes of ``agentrun`` as a bigint."""
@@ -59,6 +68,7 @@ class PostgresStore(base.Store):
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
         migration_lock_timeout: float = 600.0,
+        statement_cache_size: int | None = None,
     ) -> None:
         """``dsn``: a ``postgresql://`` URL as asyncpg understands it.
 
@@ -67,8 +77,14 @@ class PostgresStore(base.Store):
         bounds opening a connection, so an unreachable server fails fast as ``Unavailable``.
         ``command_timeout`` (seconds) bounds any one statement; no statement of this store
         should take more than milliseconds. ``migration_lock_timeout`` (seconds) is how long
-        ``migrate`` waits for another process that is migrating.
+        ``migrate`` waits for another process that is migrating. ``statement_cache_size``: asyncpg's
+        prepared-statement cache per connection; ``None`` means 100 (asyncpg's default), or 0
+        behind a transaction pooler (:func:`pooler_dsn`).
         """
+        dsn, pooled = pooler_dsn(dsn)
+        if statement_cache_size is None:
+            statement_cache_size = 0 if pooled else 100
+        self._statement_cache_size = statement_cache_size
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
@@ -97,6 +113,7 @@ class PostgresStore(base.Store):
                 max_size=self._max_size,
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
+                statement_cache_size=self._statement_cache_size,
             )
         logger.info("store.connected", backend=self.backend, url=self.url)
 
@@ -148,34 +165,37 @@ class PostgresStore(base.Store):
         migrations = base.load_migrations("postgres")
         applied: list[str] = []
         async with self._conn("migrate") as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY, timeout=self._migration_lock_timeout)
-            try:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version text PRIMARY KEY,"
-                    " checksum text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
-                done = {r["version"]: r["checksum"] for r in rows}
-                for migration in migrations:
-                    if migration.version in done:
-                        if done[migration.version] != migration.checksum:
-                            logger.warning("store.migration_changed", backend=self.backend, version=migration.version)
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(migration.sql)
-                        await conn.execute(
-                            "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
-                            migration.version,
-                            migration.checksum,
-                        )
-                    applied.append(migration.version)
-                    logger.info("store.migration_applied", backend=self.backend, version=migration.version)
-            finally:
-                if not conn.is_closed():
-                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
-        return applied
+            while True:  # one transaction per file; the pending set is read again under each lock
+                async with conn.transaction():
+                    # A transaction-scoped lock, released by the COMMIT: it holds no state on the
+                    # session, so it also works through a transaction pooler (pgbouncer), where
+                    # a session lock could be taken and released on two different server connections.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY, timeout=self._migration_lock_timeout
+                    )
+                    await conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                        " version text PRIMARY KEY,"
+                        " checksum text NOT NULL,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+                    done = {r["version"]: r["checksum"] for r in rows}
+                    pending = [m for m in migrations if m.version not in done]
+                    if not pending:
+                        for m in migrations:
+                            if done[m.version] != m.checksum and m.version not in applied:
+                                logger.warning("store.migration_changed", backend=self.backend, version=m.version)
+                        return applied
+                    migration = pending[0]
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                        migration.version,
+                        migration.checksum,
+                    )
+                applied.append(migration.version)
+                logger.info("store.migration_applied", backend=self.backend, version=migration.version)
 
     # -- threads and runs -------------------------------------------------------------------------
 
@@ -347,6 +367,28 @@ class PostgresStore(base.Store):
                 limit,
             )
         return [_message(r) for r in rows]
+
+
+def pooler_dsn(dsn: str) -> tuple[str, bool]:
+    """``dsn`` for asyncpg, and whether it goes through a transaction pooler.
+
+    A pooler in transaction mode (pgbouncer, Supabase's Supavisor) hands each transaction to
+    any server connection, so a prepared statement cached on one is unknown on the next. It is
+    recognised by ``?pgbouncer=true`` (the convention of Prisma and Supabase's connection
+    strings, removed here: asyncpg would send it to the server as a setting) or, without that
+    parameter, by port 6543 (Supabase's transaction pooler). ``pgbouncer=false`` says no.
+    """
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        port = parts.port
+    except ValueError:  # several hosts, or something asyncpg parses better: leave it alone
+        return dsn, False
+    flags = [value.lower() for key, value in query if key == "pgbouncer"]
+    if not flags:
+        return dsn, port == SUPABASE_POOLER_PORT
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "pgbouncer"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), flags[-1] in ("true", "1", "yes", "on")
 
 
 def _run(row: asyncpg.Record) -> base.RunRecord:

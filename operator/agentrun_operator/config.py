@@ -92,6 +92,15 @@ class OperatorSettings(BaseSettings):
     connection_database_url_key: str = "database-url"
     """Key of the database URL in ``connection_secret`` (the chart's default key)."""
 
+    connection_supabase_url_key: str = ""
+    """Key of the Supabase project URL in ``connection_secret``. Set (with
+    ``connection_supabase_key_key``): the workers get ``SUPABASE_URL`` and
+    ``AGENTRUN_SUPABASE_KEY`` instead of ``AGENTRUN_DATABASE_URL`` (the chart's
+    ``connection.supabase``). Empty: they get the database URL."""
+
+    connection_supabase_key_key: str = ""
+    """Key of the Supabase service-role key in ``connection_secret`` (see above)."""
+
     worker_termination_grace_seconds: int = 120
     """Seconds a terminating worker pod gets to finish or hand back its runs before SIGKILL.
     2 min covers most agent turns; a run still going after that is recovered by the lease

@@ -46,6 +46,16 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> 
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+def _database_env(settings: config.OperatorSettings) -> list[dict[str, Any]]:
+    """The record of runs: Supabase's URL and service key when configured, else the database URL."""
+    if settings.connection_supabase_url_key and settings.connection_supabase_key_key:
+        return [
+            _secret_env("SUPABASE_URL", settings.connection_secret, settings.connection_supabase_url_key),
+            _secret_env("AGENTRUN_SUPABASE_KEY", settings.connection_secret, settings.connection_supabase_key_key),
+        ]
+    return [_secret_env("AGENTRUN_DATABASE_URL", settings.connection_secret, settings.connection_database_url_key)]
+
+
 def deployment_for(
     pool: dict[str, Any], settings: config.OperatorSettings, *, replicas: int | None = None
 ) -> dict[str, Any]:
@@ -60,7 +70,7 @@ def deployment_for(
         {"name": "AGENTRUN_QUEUE", "value": message.queue_name(namespace, name)},
         _secret_env("AGENTRUN_BROKER_URL", settings.connection_secret, settings.connection_broker_url_key),
         _secret_env("AGENTRUN_REDIS_URL", settings.connection_secret, settings.connection_redis_url_key),
-        _secret_env("AGENTRUN_DATABASE_URL", settings.connection_secret, settings.connection_database_url_key),
+        *_database_env(settings),
         {"name": "AGENTRUN_LOG_FORMAT", "value": "json"},
         # the pod's name starts each worker's instance id, so the operator knows which pod
         # runs what and can make busy pods the last a scale-in removes (pod-deletion-cost)

@@ -11,9 +11,11 @@ What one scan does:
   pipelined Redis round trip. A worker takes the lease *before* it writes ``Running`` and
   releases it only *after* the terminal phase is written, so a live run without a lease has
   no worker. There is therefore no grace scan: the first scan that sees the lease missing
-  acts. To close the one remaining race (a late redelivery of the same attempt taking the
-  lease between the check and the write) the operator claims the lease itself (``SET NX``)
-  before it re-reads the run and writes, and releases it before it publishes. The run is
+  acts — except within one lease TTL of a Redis restart, which loses leases that were never
+  given up: their workers take them back first. To close the one remaining race (a late
+  redelivery of the same attempt taking the lease between the check and the write) the
+  operator claims the lease itself (``SET NX``) before it re-reads the run and writes, and
+  releases it before it publishes. The run is
   re-queued as ``attempt + 1`` (a new message id) up to ``spec.maxAttempts``, then ends
   ``Failed``/``WorkerLost``. A lost run with a pending stop request ends ``Stopped``: the
   user asked for it to end, and its worker can no longer say so.
@@ -174,6 +176,8 @@ class Scanner:
         views = self._views()
         now = time.time()
         live = [v for v in views if v.phase in LIVE]
+        if live and await self._redis_just_restarted():
+            live = []  # its workers are taking their leases back (agentrun_worker.leases.Lease.reclaim)
         if live:
             pipe = self._redis.pipeline(transaction=False)
             for v in live:
@@ -212,6 +216,20 @@ class Scanner:
             return False
         since = self._pool_missing.setdefault(key, now)
         return now - since >= self._op.pool_missing_grace_seconds
+    async def _redis_just_restarted(self) -> bool:
+        """Whether Redis has been up for less than a lease TTL: then a missing lease may have
+        been lost by a restart (or a failover) rather than given up, and its worker gets one
+        TTL to take it back before the run counts as lost. Unknown (INFO refused, a stand-in
+        without uptime) counts as not restarted."""
+        try:
+            info: Any = await self._redis.info("server")
+            uptime = float(info["uptime_in_seconds"])
+        except Exception:
+            return False
+        if uptime < self._settings.lease_ttl_seconds:
+            logger.info("scan.lost_workers_deferred", why="Redis restarted recently", redis_uptime_seconds=uptime)
+            return True
+        return False
 
     async def _guarded(self, action: str, v: RunView, work: Any) -> None:
         try:

@@ -62,8 +62,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     memo.api = kube.client(user_agent="agentrun-operator")
     memo.operator_config = getattr(memo, "operator_config", None) or operator_config.load()
     memo.store = None
-    if config.database_url:
-        memo.store = store.open_store(config.database_url)
+    if store.configured(config):
+        memo.store = store.from_settings(config)
         await memo.store.connect()
     memo.metrics_server = None
     if memo.operator_config.metrics_port:

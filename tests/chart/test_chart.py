@@ -35,7 +35,7 @@ def test_lint_strict_with_each_ci_scenario(values: pathlib.Path) -> None:
 
 def test_ci_scenarios_are_the_documented_ones() -> None:
     assert set(CI_IDS) == {"default", "namespaced", "autoscaling-hpa", "autoscaling-keda", "monitoring",
-                           "gateway", "minimal"}
+                           "gateway", "minimal", "supabase"}
 
 
 def test_default_render() -> None:
@@ -507,3 +507,19 @@ def test_the_operator_gets_the_database_url_it_needs_to_record_runs_it_ends() ->
     env = {e["name"]: e for e in container["env"]}
     assert env["AGENTRUN_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "agentrun-connection",
                                                                         "key": "database-url"}
+
+
+def test_with_supabase_every_part_reads_its_url_and_service_key_from_the_secret_and_no_database_url() -> None:
+    docs = render_ci(CHART / "ci" / "supabase-values.yaml")
+    for name in ("demo-agentrun-operator", "demo-agentrun-gateway"):
+        [container] = only(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert "AGENTRUN_DATABASE_URL" not in env, name
+        assert env["SUPABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "agentrun-connection",
+                                                                   "key": "supabase-url"}, name
+        assert env["AGENTRUN_SUPABASE_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "agentrun-connection", "key": "supabase-service-role-key"}, name
+    # and the operator tells the WorkerPool Deployments it builds to do the same
+    operator_env = env_of(only(docs, "Deployment", "demo-agentrun-operator"))
+    assert operator_env["AGENTRUN_CONNECTION_SUPABASE_URL_KEY"] == "supabase-url"
+    assert operator_env["AGENTRUN_CONNECTION_SUPABASE_KEY_KEY"] == "supabase-service-role-key"

@@ -107,3 +107,14 @@ def test_the_stabilizer_scales_up_at_once_and_down_only_after_the_window() -> No
 
 def test_a_long_pool_name_gives_a_valid_deployment_name() -> None:
     assert len(deployments.deployment_name("p" * 80)) <= 63
+
+
+def test_with_supabase_keys_the_workers_get_its_url_and_service_key_instead_of_a_database_url() -> None:
+    settings = SETTINGS.model_copy(update={"connection_supabase_url_key": "supabase-url",
+                                           "connection_supabase_key_key": "supabase-service-role-key"})
+    env = {e["name"]: e for e in container(deployments.deployment_for(pool(), settings))["env"]}
+    assert "AGENTRUN_DATABASE_URL" not in env
+    assert env["SUPABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "conn", "key": "supabase-url"}
+    assert env["AGENTRUN_SUPABASE_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "conn",
+                                                                        "key": "supabase-service-role-key"}
+    assert "value" not in env["AGENTRUN_SUPABASE_KEY"]

@@ -1,4 +1,4 @@
-"""Threads and messages in the store, on SQLite and the real PostgreSQL: order, idempotency, JSON."""
+"""Threads and messages in the store, on SQLite, the real PostgreSQL and Supabase: order, idempotency, JSON."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ async def test_writers_on_two_connections_never_share_a_seq(store: stores.Store,
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
-    from agentrun import store
+    from tests.store import conftest
 
     async def main(url, thread, tag):
-        async with store.open_store(url) as s:
+        async with conftest.open_url(url) as s:
             for i in range(15):
                 await s.add_message(thread, "user", {"tag": tag, "i": i})
 
@@ -90,13 +90,14 @@ async def test_writer_processes_on_one_database_never_share_a_seq(store: stores.
 
 async def test_add_message_is_idempotent_on_its_id(store: stores.Store) -> None:
     thread = await new_thread(store)
-    first = await store.add_message(thread, "user", "hello", message_id="run-1/input")
+    run = conftest.new_id()  # ids unique to this test: the backends may share one database
+    first = await store.add_message(thread, "user", "hello", message_id=f"{run}/input")
     # The same id again (a redelivered message), even with other content, changes nothing
-    again = await store.add_message(thread, "user", "something else", message_id="run-1/input")
+    again = await store.add_message(thread, "user", "something else", message_id=f"{run}/input")
     assert again == first
     # Also when the duplicates race
     racing = await asyncio.gather(
-        *(store.add_message(thread, "assistant", i, message_id="run-1/1/1") for i in range(10))
+        *(store.add_message(thread, "assistant", i, message_id=f"{run}/1/1") for i in range(10))
     )
     assert len({(m.id, m.seq, str(m.content)) for m in racing}) == 1
     assert [m.seq for m in await store.list_messages(thread)] == [1, 2]

@@ -1,4 +1,4 @@
-"""Runs in the store, on SQLite and the real PostgreSQL: upsert, the phase rule, JSON, time."""
+"""Runs in the store, on SQLite, the real PostgreSQL and Supabase: upsert, the phase rule, JSON, time."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ async def test_upsert_inserts_once_and_never_touches_the_lifecycle(store: stores
     await store.upsert_run(run)
     assert await store.transition(run.id, "Running", attempt=1, worker_instance="w1")
     # When the same run is upserted again, with an older status and a new identity
+    new_thread = conftest.new_id()  # unique: the backends may share one database
     again = stores.RunRecord(
-        id=run.id, namespace="team-b", name="renamed", thread_id="t-2", status="Pending", attempt=7,
+        id=run.id, namespace="team-b", name="renamed", thread_id=new_thread, status="Pending", attempt=7,
         result="nope", metadata={"pool": "gpu"}, started_at=datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC),
     )
     await store.upsert_run(again)
@@ -37,11 +38,11 @@ async def test_upsert_inserts_once_and_never_touches_the_lifecycle(store: stores
     # Then identity fields follow, metadata merges, and status/attempt/results/timestamps stay
     got = await store.get_run(run.id)
     assert got is not None
-    assert (got.namespace, got.name, got.thread_id) == ("team-b", "renamed", "t-2")
+    assert (got.namespace, got.name, got.thread_id) == ("team-b", "renamed", new_thread)
     assert got.metadata == {"model": "m1", "pool": "gpu"}
     assert (got.status, got.attempt, got.result, got.worker_instance) == ("Running", 1, None, "w1")
     assert got.started_at is None
-    assert len(await store.list_runs(thread_id="t-2")) == 1
+    assert len(await store.list_runs(thread_id=new_thread)) == 1
 
 
 async def test_upsert_with_empty_metadata_keeps_what_is_there(store: stores.Store) -> None:

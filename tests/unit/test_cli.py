@@ -25,7 +25,7 @@ def test_migrate_applies_once_then_reports_nothing_pending(tmp_path: pathlib.Pat
     env = clean_env(tmp_path)
     first = run("migrate", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "applied 1 migration(s): 0001_init" in first.stdout
+    assert "applied 2 migration(s): 0001_init, 0002_rest_functions" in first.stdout
     assert (tmp_path / "state" / "agentrun.db").exists()
     second = run("migrate", env=env, cwd=tmp_path)
     assert "applied 0 migration(s): none pending" in second.stdout

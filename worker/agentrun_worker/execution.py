@@ -155,16 +155,23 @@ class Execution:
     async def _keep_lease(self) -> None:
         loop = asyncio.get_running_loop()
         next_heartbeat = loop.time() + self.config.heartbeat_seconds
+        renewed_at = loop.time()
         while True:
             await asyncio.sleep(self.config.lease_renew_seconds)
             try:
-                if not await self.lease.renew():
-                    logger.error("run.lease_lost")
+                held = await leases.renew_or_reclaim(self.lease, self._still_ours)
+            except Exception as exc:  # Redis hiccup: try again at the next tick while the TTL covers it
+                if leases.expired_by_next_tick(loop.time() - renewed_at, self.config):
+                    logger.error("run.lease_lost", why="Redis unreachable as long as the lease lives", error=str(exc))
                     self.lease_lost.set()
                     return
-            except Exception as exc:  # Redis hiccup: try again at the next tick, the TTL covers it
                 logger.warning("run.lease_renew_failed", error=str(exc))
                 continue
+            if not held:
+                logger.error("run.lease_lost")
+                self.lease_lost.set()
+                return
+            renewed_at = loop.time()
             if loop.time() >= next_heartbeat:
                 next_heartbeat = loop.time() + self.config.heartbeat_seconds
                 await self._heartbeat()
@@ -188,6 +195,13 @@ class Execution:
                                                reason=stopping.RUN_DELETED)
         except Exception as exc:  # the API server's hiccup is not the run's problem
             logger.debug("run.heartbeat_failed", error=str(exc))
+
+    async def _still_ours(self) -> bool:
+        """The resource still runs this execution's attempt (see ``Lease.reclaim``)."""
+        obj = kube.to_dict(await self.c.api.get(kube.AgentRun, self.msg.name, namespace=self.msg.namespace))
+        status = obj.get("status") or {}
+        return (obj["metadata"].get("uid") == self.msg.uid and int(status.get("attempt") or 0) == self.msg.attempt
+                and status.get("phase") in (phases.Phase.RUNNING, phases.Phase.STOPPING))
 
     # -- the whole run ------------------------------------------------------------------------
 

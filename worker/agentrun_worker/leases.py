@@ -17,12 +17,16 @@ the run within the TTL, the lease expires and that recovery is what happens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+import structlog
 
 from agentrun import keys
+
+logger = structlog.get_logger(__name__)
 
 HANDED_BACK = "handed-back:"
 
@@ -42,6 +46,28 @@ class Lease:
     async def renew(self) -> bool:
         """Extend the lease; False means it is no longer ours."""
         return await self._swap(lambda current: current == self._owner, self._owner)
+
+    async def reclaim(self, still_ours: Callable[[], Awaitable[bool]]) -> bool:
+        """Take the lease again when it is *gone*, if the run is still this execution's.
+
+        Redis can lose a lease its holder never gave up: a restart without persistence, a
+        failover to a replica that had not received it. A missing key alone cannot tell that
+        apart from a lease that expired while this worker stalled, after which the operator may
+        have re-queued the run (it claims the lease, writes ``attempt + 1`` on the resource,
+        then releases it). So the key is taken first (``SET NX``; if anyone holds it, it is
+        theirs) and ``still_ours`` (the resource still at this attempt, running) is asked
+        after: whichever order the operator's steps fall in, one of the two checks sees them.
+        """
+        if not await self._client.set(self._key, self._owner, nx=True, px=self._ttl_ms):
+            return False
+        try:
+            if await still_ours():
+                return True
+        except BaseException:
+            await self.release()
+            raise
+        await self.release()
+        return False
 
     async def release(self) -> None:
         await self._swap(lambda current: current == self._owner, None)
@@ -73,3 +99,20 @@ class Lease:
     async def holder(self) -> str | None:
         value = await self._client.get(self._key)
         return value.decode() if isinstance(value, bytes) else value
+
+
+async def renew_or_reclaim(lease: Lease, still_ours: Callable[[], Awaitable[bool]]) -> bool:
+    """Renew the lease, or take it back if Redis lost it (:meth:`Lease.reclaim`); whether it is held."""
+    if await lease.renew():
+        return True
+    if await lease.reclaim(still_ours):
+        logger.warning("run.lease_reclaimed", why="the lease was gone from Redis (a restart or failover lost it)")
+        return True
+    return False
+
+
+def expired_by_next_tick(since_renewal: float, config: Any) -> bool:
+    """Whether the lease, last renewed ``since_renewal`` seconds ago, may expire before the next
+    renewal try: then the holder must stop writing, since the operator may give the run to
+    another worker once it expires."""
+    return bool(since_renewal + config.lease_renew_seconds >= config.lease_ttl_seconds)

@@ -78,7 +78,7 @@ async def clients() -> Clients:
             cfg = config()
             if not cfg.redis_url:
                 raise RuntimeError("AGENTRUN_REDIS_URL is not set: the worker needs Redis")
-            db = store.open_store(cfg.database_url, default_sqlite_path=os.path.join(cfg.state_dir, "agentrun.db"))
+            db = store.from_settings(cfg, default_sqlite_path=os.path.join(cfg.state_dir, "agentrun.db"))
             await db.connect()
             await db.migrate()
             _clients = Clients(

@@ -50,13 +50,27 @@ class StopWatch:
         return self.requested.is_set()
 
     async def _listen(self) -> None:
-        async for item in self._pubsub.listen():
-            if item.get("type") == "message":
-                await self.check()
-                if not self.requested.is_set():  # a wake-up without the flag: honour it anyway
-                    self.reason = "StopRequested"
-                    self.requested.set()
-                return
+        delay = 0.1
+        while True:
+            try:
+                async for item in self._pubsub.listen():
+                    if item.get("type") == "message":
+                        await self.check()
+                        if not self.requested.is_set():  # a wake-up without the flag: honour it anyway
+                            self.reason = "StopRequested"
+                            self.requested.set()
+                        return
+                    delay = 0.1
+            except Exception as exc:  # Redis restarted or the connection dropped: subscribe again
+                logger.warning("run.stop_watch_reconnecting", error=str(exc), retry_in_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    await self._pubsub.subscribe(keys.control(self._uid))
+                    if await self.check():  # a stop requested while the subscription was down
+                        return
+                except Exception as again:
+                    logger.debug("run.stop_watch_resubscribe_failed", error=str(again))
 
     async def close(self) -> None:
         if self._task is not None:

@@ -171,9 +171,30 @@ URL is optional here: the operator does not use the database.
     secretKeyRef:
       name: {{ .Values.connection.existingSecret }}
       key: {{ .Values.connection.redisUrlKey }}
+{{ include "agentrun.databaseEnv" . }}
+{{- end }}
+
+{{/*
+Where the record of runs is: AGENTRUN_DATABASE_URL, or with connection.supabase.enabled the
+Supabase project URL and service-role key, all read from the existing Secret.
+*/}}
+{{- define "agentrun.databaseEnv" -}}
+{{- if .Values.connection.supabase.enabled -}}
+- name: SUPABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.connection.existingSecret }}
+      key: {{ .Values.connection.supabase.urlKey }}
+- name: AGENTRUN_SUPABASE_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.connection.existingSecret }}
+      key: {{ .Values.connection.supabase.serviceKeyKey }}
+{{- else -}}
 - name: AGENTRUN_DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ .Values.connection.existingSecret }}
       key: {{ .Values.connection.databaseUrlKey }}
+{{- end }}
 {{- end }}

@@ -1,0 +1,149 @@
+"""A Redis restart in the middle of a run: real kopf, a real Dramatiq worker, RabbitMQ, PostgreSQL,
+and a private ``redis-server`` without persistence that the test kills and starts again.
+
+The restart loses every key: the run's stream so far, its lease, its stop flag. The run must
+still end once, ``Succeeded``, on the resource, in the database and on the stream:
+
+- the worker's stream writes wait for Redis and go on in order (no duplicate, no gap after
+  the restart other than what the restart itself erased);
+- the worker takes its lease back (``run.lease_reclaimed``) instead of abandoning the run,
+  and the operator, seeing Redis just restarted, does not re-queue it meanwhile;
+- nothing is run twice: one ``run.started``, one ``run.finished``, attempt 1.
+
+It has its own bed (emulator, operator, worker) because the session's operator uses the
+shared Redis, which must never be restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+import yaml
+
+from agentrun import streams
+from tests.e2e import harness
+from tests.e2e.test_runs import agentrun, stream_events
+
+pytestmark = pytest.mark.e2e
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# 25 turns of 8 words, 60 ms a word: about 12 s of streaming, so the restart falls mid-run.
+SLOW = [{"text": " ".join(f"w{turn}-{i}" for i in range(8)), "chunkDelayMs": 60} for turn in range(25)]
+
+
+class RedisServer:
+    """A private redis-server with no persistence: a restart starts it empty."""
+
+    def __init__(self, log_dir: pathlib.Path) -> None:
+        self.port = harness.free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_dir / f"redis-{self.port}.log", "ab")  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        except FileNotFoundError:
+            pytest.fail("redis-server is not installed: apt-get install redis-server")
+
+        def up() -> bool:
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+            except redis.RedisError:
+                return False
+
+        harness.wait_until(up, 20, f"redis-server on port {self.port}", interval=0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory, amqp_url: str,
+            postgres_dsn: str) -> Iterator[tuple[harness.Bed, RedisServer]]:
+    from agentrun import emulator, store
+
+    state = tmp_path_factory.mktemp("redis-restart")
+    server = RedisServer(state)
+    server.start()
+    asyncio.run(store.migrate_url(postgres_dsn))
+    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    api = emulator.EmulatorServer(crds=crds)
+    api.start()
+    kubeconfig = api.write_kubeconfig(state / "kubeconfig")
+    bed = harness.Bed(kubeconfig=kubeconfig, amqp_url=amqp_url, redis_url=server.url, database_url=postgres_dsn,
+                      log_dir=state, emulator=api)
+    try:
+        bed.start_operator()
+        yield bed, server
+    finally:
+        bed.stop_all()
+        api.stop()
+        server.kill()
+
+
+def test_a_redis_restart_mid_run_loses_no_final_state_and_runs_nothing_twice(
+    private: tuple[harness.Bed, RedisServer],
+) -> None:
+    bed, server = private
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
+    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": "default", "namespace": namespace}, "spec": {}})
+    queue = f"agentrun.{namespace}.default"
+    # Given a worker renewing its lease every 2 s, streaming a long answer
+    worker = bed.start_worker(queue, AGENTRUN_LEASE_RENEW_SECONDS="2")
+    try:
+        spec = agentrun(namespace, "long")
+        spec["spec"]["agent"]["script"] = SLOW
+        uid = bed.create(spec)["metadata"]["uid"]
+        bed.wait_phase(namespace, "long", "Running")
+        harness.wait_until(
+            lambda: sum(1 for e in stream_events(server.url, uid) if e["type"] == streams.ASSISTANT) >= 3,
+            30, "the model to stream a few tokens")
+        # When Redis dies and comes back empty a second later
+        server.kill()
+        harness.wait_until(lambda: "stream.write_retry" in worker.output(), 30, "the worker to retry a write")
+        server.start()
+        # Then the run ends Succeeded, at attempt 1, on the resource and in the database
+        status = bed.wait_phase(namespace, "long", "Succeeded", "Failed", "Stopped", timeout=120)["status"]
+        assert (status["phase"], status["attempt"], status["iterations"]) == ("Succeeded", 1, len(SLOW)), status
+        row = bed.db_row(uid)
+        assert row is not None and (row["status"], row["attempt"]) == ("Succeeded", 1)
+        # And the stream written after the restart holds the rest of the answer in order, once,
+        # then one terminal event
+        events = stream_events(server.url, uid)
+        terminal = [e for e in events if streams.is_terminal(e)]
+        assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "succeeded"
+        words = [tuple(int(n) for n in w[1:].split("-")) for e in events if e["type"] == streams.ASSISTANT
+                 for w in e["delta"].split()]
+        assert words, "nothing streamed after the restart"
+        assert words == sorted(set(words)), "words after the restart are duplicated or out of order"
+        assert words[-1] == (len(SLOW) - 1, 7)
+        # And the worker took its lease back instead of abandoning the run; the operator did
+        # not re-queue it; it ran once
+        output = worker.output()
+        assert '"run.lease_reclaimed"' in output
+        assert '"run.lease_lost"' not in output and '"run.abandoned"' not in output
+        assert output.count('"run.started"') == 1 and output.count('"run.finished"') == 1
+        operator_output = "".join(p.output() for p in bed.procs if p.name == "operator")
+        assert '"run.recovered"' not in operator_output
+        harness.wait_until(lambda: bed.queue_depth(queue) == 0, 30, "the message to be acknowledged")
+        assert bed.queue_depth(f"{queue}.DQ") == 0 and bed.queue_depth(f"{queue}.XQ") == 0
+    finally:
+        worker.stop()
+        bed.delete_queues(queue)
