@@ -51,7 +51,7 @@ def test_submit_follow_get_list_and_stop(
     assert result.returncode == 0, result.stderr
     assert "agentrun.agentrun.io/quick created" in result.stdout
     assert "All done here." in result.stdout
-    assert "succeeded reason=Completed iterations=1" in result.stdout
+    assert "Succeeded reason=Completed iterations=1 tokens=" in result.stdout
     # get -o json / yaml
     got = json.loads(cli(bed, "get", "quick", "-n", namespace, "-o", "json").stdout)
     assert got["status"]["phase"] == "Succeeded"
