@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pathlib
+import re
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -199,6 +200,9 @@ def logs(
     token_file: str | None = TokenFileOpt,
 ) -> None:
     """Print a run's stream: assistant text, tool calls and results, the final status; -f follows it live."""
+    if since_id != streams.START and not re.fullmatch(r"\d{1,20}-\d{1,20}", since_id):
+        raise typer.BadParameter(f"{since_id!r} is not a stream entry id such as 1700000000000-0",
+                                 param_hint="--since-id")
     target = Target(kubeconfig, context, gateway, token_file)
     if not gateway and not settings.load().redis_url:
         err.print("[red]AGENTRUN_REDIS_URL is not set.[/red] `agentrun dev` prints the line to export; "

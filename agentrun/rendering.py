@@ -127,7 +127,7 @@ class Renderer:
         elif kind == streams.STATUS:
             self._status(event)
         elif kind == "expired":
-            self._note("the run's stream has expired; what follows comes from the database")
+            self._note("the run's stream is gone (expired, or never written); what follows comes from the record")
         elif kind == "run":
             pass  # the database's record; its phase arrives as the final status event
         elif kind == streams.USAGE:

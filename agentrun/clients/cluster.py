@@ -40,14 +40,24 @@ def describe(kubeconfig: str | None, context: str | None) -> str:
     return f"{single.cluster.server} (kubeconfig {path}, context {single.context_name})"
 
 
+def contexts(kubeconfig: str | None) -> list[str]:
+    path = kubeconfig or os.environ.get("KUBECONFIG") or lightkube.config.kubeconfig.DEFAULT_KUBECONFIG
+    try:
+        return sorted(lightkube.config.kubeconfig.KubeConfig.from_file(path).contexts)
+    except (lightkube.core.exceptions.ConfigError, OSError, KeyError, TypeError, ValueError):
+        return []
+
+
 class ClusterClient(base.Client):
     def __init__(self, kubeconfig: str | None, context: str | None, redis_url: str | None) -> None:
         self.where = f"the Kubernetes API at {describe(kubeconfig, context)}"
         try:
             self._api = kube.client(kubeconfig, context=context, user_agent="agentrun-cli")
         except lightkube.core.exceptions.ConfigError as exc:
-            raise base.Unreachable(f"no usable Kubernetes configuration: {exc}",
-                                   "Set KUBECONFIG or --kubeconfig; " + DEV_HINT) from exc
+            known = contexts(kubeconfig)
+            hint = (f"Contexts in the kubeconfig: {', '.join(known)}." if context and known else
+                    "Set KUBECONFIG or --kubeconfig. " + DEV_HINT)
+            raise base.Unreachable(f"no usable Kubernetes configuration: {exc}", hint) from exc
         self._redis_url = redis_url
         self._redis: aioredis.Redis | None = None
 
