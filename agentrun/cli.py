@@ -253,30 +253,64 @@ def gateway(
 def dev(
     api_port: int = typer.Option(8001, help="Port of the Kubernetes API emulator."),
     redis_port: int = typer.Option(6390, help="Port of the embedded Redis (when AGENTRUN_REDIS_URL is unset)."),
+    gateway_port: int = typer.Option(8002, help="Port of the gateway (on 127.0.0.1, without authentication)."),
 ) -> None:
-    """Run the whole system here: API emulator, operator, worker, embedded Redis and SQLite."""
+    """Run the whole system here: API emulator, operator, worker, gateway, embedded Redis and SQLite."""
     from agentrun import devstack, log
 
     config = settings.load()
     log.configure(config.log_level, config.log_format)
     stack = devstack.DevStack(config, api_port=api_port, redis_port=redis_port)
     endpoints = stack.start()
+    stop_gateway: Callable[[], None] = lambda: None  # noqa: E731
     try:
+        gateway_url, stop_gateway = _start_dev_gateway(endpoints, gateway_port)
         kubectl = binaries.which_kubectl() or "kubectl"
         for text in (
             f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
-            f"database {endpoints.database_url}, broker: {endpoints.broker}",
+            f"database {endpoints.database_url}, broker: {endpoints.broker}, gateway {gateway_url} (no auth)",
             "In another terminal:",
             f"  {endpoints.exports()}",
             f"  {kubectl} apply -f {EXAMPLE}",
             f"  {kubectl} get ar -w",
             "  agentrun logs hello -f",
+            f"  agentrun --gateway {gateway_url} … works too (or export AGENTRUN_GATEWAY_URL={gateway_url})",
             "Ctrl-C stops everything.",
         ):
             out.print(text, soft_wrap=True)
         _wait_forever()
     finally:
+        stop_gateway()
         stack.stop()
+
+
+def _start_dev_gateway(endpoints: Any, port: int) -> tuple[str, Callable[[], None]]:
+    """Serve the gateway for ``agentrun dev`` in a thread: loopback only, no token needed
+    (``insecure_no_auth`` exists for this); stopped with the rest of the stack."""
+    import uvicorn
+
+    from agentrun.gateway import app as gateway_app
+    from agentrun.gateway import config as gateway_config
+
+    cfg = gateway_config.GatewaySettings(
+        host="127.0.0.1", port=port, redis_url=endpoints.redis_url, database_url=endpoints.database_url,
+        kubeconfig=str(endpoints.kubeconfig), insecure_no_auth=True,
+    )
+    server = uvicorn.Server(uvicorn.Config(gateway_app.create_app(cfg), host=cfg.host, port=port,
+                                           log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, name="agentrun-gateway", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    while not server.started:
+        if not thread.is_alive():
+            _fail(clients.Unreachable(f"the gateway could not listen on 127.0.0.1:{port}",
+                                      "Pick another port with --gateway-port."))
+        threading.Event().wait(0.05)
+    return f"http://127.0.0.1:{port}", stop
 
 
 @app.command()
