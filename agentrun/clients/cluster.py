@@ -105,7 +105,10 @@ class ClusterClient(base.Client):
     async def watch(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
         iterator = self._api.watch(kube.AgentRun, namespace=namespace or "*").__aiter__()
         while True:
-            _kind, obj = await self._call(iterator.__anext__())
+            try:
+                _kind, obj = await self._call(iterator.__anext__())
+            except StopAsyncIteration:
+                return
             yield kube.to_dict(obj)
 
     async def stop(self, namespace: str, name: str) -> tuple[dict[str, Any], bool]:
