@@ -1,24 +1,31 @@
 """The ``agentrun`` command line.
 
 ``dev`` runs the whole system on this machine, ``demo`` runs ``examples/hello.yaml`` on it
-and streams the answer, ``logs`` follows a run's stream, ``migrate`` applies the database
-migrations. Kubernetes access follows kubectl's conventions (``KUBECONFIG``,
-``--namespace/-n``, ``--context``).
+and streams the answer, ``submit``/``get``/``list``/``stop``/``logs`` work with runs,
+``migrate`` applies the database migrations. Kubernetes access follows kubectl's
+conventions (``KUBECONFIG``, ``--namespace/-n``, ``--context``). With ``--gateway URL``
+(``AGENTRUN_GATEWAY_URL``) the run commands go through the gateway instead of the cluster
+and Redis. Which one is :mod:`agentrun.clients`' business; how a stream looks is
+:mod:`agentrun.rendering`'s; this module only parses options and prints.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pathlib
+import re
 import signal
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import rich.console
+import rich.markup
 import typer
 import yaml
 
-from agentrun import binaries, kube, phases, settings, streams
+from agentrun import binaries, clients, phases, rendering, settings, streams
 
 app = typer.Typer(help="Run AI agents in the background on Kubernetes.", no_args_is_help=True, add_completion=False)
 out = rich.console.Console(highlight=False)
@@ -31,116 +38,99 @@ def main() -> None:
     app()
 
 
-# -- rendering ---------------------------------------------------------------------------------
-
-
-class Renderer:
-    """Prints stream events for people: assistant text as it arrives, status as lines."""
-
-    def __init__(self, console: rich.console.Console) -> None:
-        self.console = console
-        self.in_text = False
-
-    def __call__(self, entry_id: str, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == streams.ASSISTANT:
-            self.console.print(event.get("delta", ""), end="", soft_wrap=True)
-            self.in_text = True
-            return
-        if kind == streams.MESSAGE:
-            if self.in_text:
-                self.console.print()
-                self.in_text = False
-            return
-        if self.in_text:
-            self.console.print()
-            self.in_text = False
-        if kind == streams.STATUS:
-            status = event.get("status")
-            style = {"succeeded": "green", "failed": "red", "stopped": "yellow"}.get(str(status), "cyan")
-            detail = " ".join(
-                f"{k}={event[k]}" for k in ("reason", "message", "iterations") if event.get(k) not in (None, "")
-            )
-            self.console.print(f"[{style}]● {status}[/{style}] {detail}".rstrip())
-        elif kind == streams.STEP:
-            detail = " ".join(f"{k}={event[k]}" for k in ("reason", "message") if event.get(k) not in (None, ""))
-            self.console.print(f"[bold]▸ step {event.get('step')}[/bold] {event.get('status')} {detail}".rstrip())
-        else:
-            self.console.print(f"[dim]{kind}: {event}[/dim]")
-
-
-async def _follow_run(
-    api: Any, redis_url: str, namespace: str, name: str, *, follow: bool, last_id: str, console: rich.console.Console
-) -> dict[str, Any]:
-    import redis.asyncio as aioredis
-
-    try:
-        obj = kube.to_dict(await api.get(kube.AgentRun, name, namespace=namespace))
-    except kube.ApiError as exc:
-        if kube.is_not_found(exc):
-            raise typer.BadParameter(f'AgentRun "{name}" not found in namespace "{namespace}"') from exc
-        raise
-    uid = obj["metadata"]["uid"]
-    render = Renderer(console)
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        if not follow:
-            for entry_id, event in await streams.read_all(client, uid):
-                if entry_id > last_id or last_id == streams.START:
-                    render(entry_id, event)
-            return obj
-
-        async def still_going() -> bool:
-            current = kube.to_dict(await api.get(kube.AgentRun, name, namespace=namespace))
-            return not phases.is_terminal((current.get("status") or {}).get("phase"))
-
-        async for entry_id, event in streams.follow(client, uid, last_id=last_id, block_ms=2_000, on_idle=still_going):
-            render(entry_id, event)
-    finally:
-        await client.aclose()
-    return obj
-
-
-def _redis_url_or_exit(config: settings.Settings) -> str:
-    if not config.redis_url:
-        err.print("[red]AGENTRUN_REDIS_URL is not set.[/red] `agentrun dev` prints the line to export.")
-        raise typer.Exit(2)
-    return config.redis_url
-
-
-# -- cluster access --------------------------------------------------------------------------------
+# -- clients and errors ---------------------------------------------------------------------------
 
 KubeconfigOpt = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG", help="Path to a kubeconfig.")
 ContextOpt = typer.Option(None, "--context", help="The kubeconfig context to use.")
 NamespaceOpt = typer.Option("default", "--namespace", "-n", help="Namespace of the AgentRun.")
 OutputOpt = typer.Option("table", "--output", "-o", help="table, json or yaml.")
+GatewayOpt = typer.Option(None, "--gateway", envvar="AGENTRUN_GATEWAY_URL",
+                          help="Go through the gateway at this URL instead of the cluster and Redis.")
+TokenFileOpt = typer.Option(None, "--token-file",
+                            help="File holding the gateway's bearer token (default: $AGENTRUN_TOKEN).")
+OUTPUTS = ("table", "json", "yaml")
+
+T = TypeVar("T")
 
 
-def _cluster(coro_fn: Any, kubeconfig: str | None, context: str | None) -> Any:
-    """Run ``coro_fn(api)`` with a client; turn unreachable clusters into a message, not a trace."""
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a command's requests go: the options every run command shares."""
 
-    async def run() -> Any:
-        api = kube.client(kubeconfig, context=context, user_agent="agentrun-cli")
-        try:
-            return await coro_fn(api)
-        finally:
-            await api.close()
+    kubeconfig: str | None
+    context: str | None
+    gateway: str | None
+    token_file: str | None
+
+    def open(self) -> clients.Client:
+        return clients.open_client(kubeconfig=self.kubeconfig, context=self.context,
+                                   redis_url=settings.load().redis_url, gateway_url=self.gateway,
+                                   token_file=self.token_file)
+
+
+def _fail(exc: clients.ClientError) -> NoReturn:
+    err.print(f"[red]error:[/red] {rich.markup.escape(exc.message)}", soft_wrap=True)
+    if exc.hint:
+        err.print(rich.markup.escape(exc.hint), soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _with_client(target: Target, work: Callable[[clients.Client], Awaitable[T]]) -> T:
+    """Run ``work`` with a client of ``target``; errors become a message and an exit code."""
+
+    async def run() -> T:
+        async with target.open() as client:
+            return await work(client)
 
     try:
         return asyncio.run(run())
-    except kube.ApiError as exc:
-        err.print(f"[red]{exc.status.message or exc}[/red]")
-        raise typer.Exit(1) from exc
-    except (OSError, ConnectionError) as exc:
-        err.print(f"[red]cannot reach the Kubernetes API:[/red] {exc}\n"
-                  "Is KUBECONFIG right? Locally, start `agentrun dev` and export what it prints.")
-        raise typer.Exit(2) from exc
-    except Exception as exc:  # httpx2 wraps connection failures in its own types
-        if type(exc).__name__ in {"ConnectError", "ConnectTimeout", "ReadTimeout"}:
-            err.print(f"[red]cannot reach the Kubernetes API:[/red] {exc}\n"
-                      "Is KUBECONFIG right? Locally, start `agentrun dev` and export what it prints.")
-            raise typer.Exit(2) from exc
-        raise
+    except clients.ClientError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise typer.BadParameter(f"unknown output {output!r}: use table, json or yaml", param_hint="-o")
+
+
+async def _show_stream(client: clients.Client, run: dict[str, Any], *, follow: bool, last_id: str,
+                       console: rich.console.Console) -> rendering.Renderer:
+    """Render a run's stream; say so (and what to do) when it has not started yet."""
+    from agentrun.clients import base
+
+    meta = run["metadata"]
+    namespace, name, phase, pool = meta["namespace"], meta["name"], base.phase_of(run), base.pool_of(run)
+    render = rendering.Renderer(console)
+    if base.not_started(run):
+        missing = await client.pool_missing(namespace, pool)
+        pool_note = ""
+        if missing is not None:
+            pool_note = (f'; its WorkerPool "{pool}" does not exist in namespace "{namespace}" '
+                         f"(pools there: {', '.join(missing) or 'none'}), so the operator will fail it")
+        if not follow:
+            events = [e async for e in client.events(run, last_id=last_id, follow=False)]
+            if not events:
+                raise clients.ClientError(
+                    f'AgentRun "{name}" is still {phase} on pool "{pool}"{pool_note}: it has not started, '
+                    "so there is no output yet.",
+                    f"`agentrun logs {name} -n {namespace} -f` waits for it to start and follows it.")
+            for entry_id, event in events:
+                render(entry_id, event)
+            return render
+        err.print(f'AgentRun "{name}" is {phase} on pool "{pool}"{pool_note}; waiting for it to start '
+                  "(Ctrl-C stops waiting, the run stays queued).", soft_wrap=True, markup=False)
+    async for entry_id, event in client.events(run, last_id=last_id, follow=follow):
+        render(entry_id, event)
+    if render.final is None and (follow or phases.is_terminal(phase)):
+        current = await client.get(namespace, name) if follow else run
+        if phases.is_terminal(base.phase_of(current)):
+            render(None, base.final_status(current))
+    if render.final is not None and render.final.get("reason") == "WorkerPoolNotFound":
+        err.print(f"Create the WorkerPool, or set spec.workerPool to an existing one "
+                  f"(`kubectl get wp -n {namespace}` lists them), then submit again.", markup=False)
+    return render
 
 
 def _age(created: str | None) -> str:
@@ -201,19 +191,29 @@ def _print_objects(objs: list[dict[str, Any]], output: str) -> None:
 def logs(
     name: str = typer.Argument(..., help="The AgentRun's name."),
     namespace: str = NamespaceOpt,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run ends."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the run ends (waits for a "
+                                                              "queued run to start)."),
     since_id: str = typer.Option(streams.START, "--since-id", help="Resume after this stream entry id."),
     kubeconfig: str | None = KubeconfigOpt,
     context: str | None = ContextOpt,
+    gateway: str | None = GatewayOpt,
+    token_file: str | None = TokenFileOpt,
 ) -> None:
-    """Print a run's stream; with -f follow it live until the run ends."""
-    config = settings.load()
-    redis_url = _redis_url_or_exit(config)
+    """Print a run's stream: assistant text, tool calls and results, the final status; -f follows it live."""
+    if since_id != streams.START and not re.fullmatch(r"\d{1,20}-\d{1,20}", since_id):
+        raise typer.BadParameter(f"{since_id!r} is not a stream entry id such as 1700000000000-0",
+                                 param_hint="--since-id")
+    target = Target(kubeconfig, context, gateway, token_file)
+    if not gateway and not settings.load().redis_url:
+        err.print("[red]AGENTRUN_REDIS_URL is not set.[/red] `agentrun dev` prints the line to export; "
+                  "or go through the gateway with --gateway URL.", soft_wrap=True)
+        raise typer.Exit(2)
 
-    async def run(api: Any) -> None:
-        await _follow_run(api, redis_url, namespace, name, follow=follow, last_id=since_id, console=out)
+    async def show(client: clients.Client) -> None:
+        run = await client.get(namespace, name)
+        await _show_stream(client, run, follow=follow, last_id=since_id, console=out)
 
-    _cluster(run, kubeconfig, context)
+    _with_client(target, show)
 
 
 @app.command()
@@ -268,30 +268,64 @@ def gateway(
 def dev(
     api_port: int = typer.Option(8001, help="Port of the Kubernetes API emulator."),
     redis_port: int = typer.Option(6390, help="Port of the embedded Redis (when AGENTRUN_REDIS_URL is unset)."),
+    gateway_port: int = typer.Option(8002, help="Port of the gateway (on 127.0.0.1, without authentication)."),
 ) -> None:
-    """Run the whole system here: API emulator, operator, worker, embedded Redis and SQLite."""
+    """Run the whole system here: API emulator, operator, worker, gateway, embedded Redis and SQLite."""
     from agentrun import devstack, log
 
     config = settings.load()
     log.configure(config.log_level, config.log_format)
     stack = devstack.DevStack(config, api_port=api_port, redis_port=redis_port)
     endpoints = stack.start()
+    stop_gateway: Callable[[], None] = lambda: None  # noqa: E731
     try:
+        gateway_url, stop_gateway = _start_dev_gateway(endpoints, gateway_port)
         kubectl = binaries.which_kubectl() or "kubectl"
         for text in (
             f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
-            f"database {endpoints.database_url}, broker: {endpoints.broker}",
+            f"database {endpoints.database_url}, broker: {endpoints.broker}, gateway {gateway_url} (no auth)",
             "In another terminal:",
             f"  {endpoints.exports()}",
             f"  {kubectl} apply -f {EXAMPLE}",
             f"  {kubectl} get ar -w",
             "  agentrun logs hello -f",
+            f"  agentrun --gateway {gateway_url} … works too (or export AGENTRUN_GATEWAY_URL={gateway_url})",
             "Ctrl-C stops everything.",
         ):
             out.print(text, soft_wrap=True)
         _wait_forever()
     finally:
+        stop_gateway()
         stack.stop()
+
+
+def _start_dev_gateway(endpoints: Any, port: int) -> tuple[str, Callable[[], None]]:
+    """Serve the gateway for ``agentrun dev`` in a thread: loopback only, no token needed
+    (``insecure_no_auth`` exists for this); stopped with the rest of the stack."""
+    import uvicorn
+
+    from agentrun.gateway import app as gateway_app
+    from agentrun.gateway import config as gateway_config
+
+    cfg = gateway_config.GatewaySettings(
+        host="127.0.0.1", port=port, redis_url=endpoints.redis_url, database_url=endpoints.database_url,
+        kubeconfig=str(endpoints.kubeconfig), insecure_no_auth=True,
+    )
+    server = uvicorn.Server(uvicorn.Config(gateway_app.create_app(cfg), host=cfg.host, port=port,
+                                           log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, name="agentrun-gateway", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    while not server.started:
+        if not thread.is_alive():
+            _fail(clients.Unreachable(f"the gateway could not listen on 127.0.0.1:{port}",
+                                      "Pick another port with --gateway-port."))
+        threading.Event().wait(0.05)
+    return f"http://127.0.0.1:{port}", stop
 
 
 @app.command()
@@ -315,22 +349,17 @@ def demo(
         redis_url = stack.endpoints.redis_url
 
         async def run() -> str:
-            api = kube.client(str(stack.endpoints.kubeconfig), user_agent="agentrun-cli")  # type: ignore[union-attr]
-            try:
-                await _follow_run(api, redis_url, namespace, name, follow=True, last_id=streams.START, console=out)
+            from agentrun.clients import base, cluster
+
+            async with cluster.ClusterClient(str(stack.endpoints.kubeconfig), None, redis_url) as client:  # type: ignore[union-attr]
+                obj = await client.get(namespace, name)
+                await _show_stream(client, obj, follow=True, last_id=streams.START, console=out)
                 for _ in range(100):  # the terminal event follows the resource's final phase
-                    obj = kube.to_dict(await api.get(kube.AgentRun, name, namespace=namespace))
-                    status = obj.get("status") or {}
-                    if phases.is_terminal(status.get("phase")):
-                        usage = status.get("usage") or {}
-                        out.print(f"\nAgentRun {name}: [bold]{status['phase']}[/bold] "
-                                  f"(reason {status.get('reason')}, {status.get('iterations', 0)} iterations, "
-                                  f"{usage.get('totalTokens', 0)} tokens)")
-                        return str(status["phase"])
+                    obj = await client.get(namespace, name)
+                    if phases.is_terminal(base.phase_of(obj)):
+                        return base.phase_of(obj)
                     await asyncio.sleep(0.05)
                 return "Unknown"
-            finally:
-                await api.close()
 
         phase = asyncio.run(asyncio.wait_for(run(), timeout))
     raise typer.Exit(0 if phase == phases.Phase.SUCCEEDED else 1)
@@ -342,42 +371,63 @@ def submit(
     namespace: str | None = typer.Option(
         None, "--namespace", "-n", help="Namespace (default: the manifest's, else default)."
     ),
-    follow: bool = typer.Option(False, "--follow", help="Stream the run until it ends (one AgentRun only)."),
+    follow: bool = typer.Option(False, "--follow", help="Stream the run until it ends (one AgentRun only); the "
+                                                        "exit code is 1 unless it Succeeded."),
     kubeconfig: str | None = KubeconfigOpt,
     context: str | None = ContextOpt,
+    gateway: str | None = GatewayOpt,
+    token_file: str | None = TokenFileOpt,
 ) -> None:
     """Create AgentRuns from a file; refuses a bad manifest before sending it, naming the field."""
     from agentrun import schema
 
-    docs = [d for d in yaml.safe_load_all(file.read_text()) if d]
+    try:
+        docs = [d for d in yaml.safe_load_all(file.read_text()) if d]
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="-f") from exc
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{file} is not valid YAML: {exc}", param_hint="-f") from exc
     crd = schema.crd_for("AgentRun")
     for doc in docs:
-        if doc.get("kind") != "AgentRun":
-            raise typer.BadParameter(f"{file}: only AgentRun documents can be submitted, not {doc.get('kind')!r}")
+        if not isinstance(doc, dict) or doc.get("kind") != "AgentRun":
+            kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+            raise typer.BadParameter(f"{file}: only AgentRun documents can be submitted, not {kind!r}")
         doc.setdefault("metadata", {})
         doc["metadata"]["namespace"] = namespace or doc["metadata"].get("namespace") or "default"
         errors = schema.validate(crd, schema.apply_defaults(crd, doc))
         if errors:
-            err.print(f"[red]{schema.format_errors('AgentRun', doc['metadata'].get('name', ''), errors)}[/red]")
+            text = schema.format_errors("AgentRun", doc["metadata"].get("name", ""), errors)
+            err.print(f"[red]{rich.markup.escape(text)}[/red]")
             raise typer.Exit(1)
     if follow and len(docs) != 1:
         raise typer.BadParameter("--follow needs exactly one AgentRun in the file")
+    target = Target(kubeconfig, context, gateway, token_file)
 
-    async def create(api: Any) -> list[dict[str, Any]]:
-        import lightkube.codecs
+    async def create(client: clients.Client) -> str | None:
+        from agentrun.clients import base
 
+        for doc in docs:  # every pool is checked before anything is created
+            ns, pool = doc["metadata"]["namespace"], base.pool_of(doc)
+            missing = await client.pool_missing(ns, pool)
+            if missing is not None:
+                raise clients.Invalid(
+                    f'spec.workerPool: WorkerPool "{pool}" not found in namespace "{ns}" '
+                    f"(pools there: {', '.join(missing) or 'none'})",
+                    "Create the WorkerPool first (kubectl apply -f pool.yaml), or set spec.workerPool to "
+                    "one that exists.")
         created = []
         for doc in docs:
-            obj = kube.to_dict(await api.create(lightkube.codecs.from_dict(doc)))
-            out.print(f"agentrun.agentrun.io/{obj['metadata']['name']} created")
+            obj = await client.create(doc)
+            out.print(f"agentrun.agentrun.io/{obj['metadata']['name']} created", markup=False)
             created.append(obj)
-        return created
+        if not follow:
+            return None
+        render = await _show_stream(client, created[0], follow=True, last_id=streams.START, console=out)
+        return str((render.final or {}).get("status") or "")
 
-    created = _cluster(create, kubeconfig, context)
-    if follow:
-        meta = created[0]["metadata"]
-        logs(meta["name"], namespace=meta["namespace"], follow=True, since_id=streams.START,
-             kubeconfig=kubeconfig, context=context)
+    final = _with_client(target, create)
+    if follow and final != "succeeded":
+        raise typer.Exit(1)
 
 
 @app.command("get")
@@ -387,19 +437,13 @@ def get_run(
     output: str = OutputOpt,
     kubeconfig: str | None = KubeconfigOpt,
     context: str | None = ContextOpt,
+    gateway: str | None = GatewayOpt,
+    token_file: str | None = TokenFileOpt,
 ) -> None:
     """Show one AgentRun."""
-
-    async def get(api: Any) -> dict[str, Any]:
-        try:
-            return kube.to_dict(await api.get(kube.AgentRun, name, namespace=namespace))
-        except kube.ApiError as exc:
-            if kube.is_not_found(exc):
-                err.print(f'[red]AgentRun "{name}" not found in namespace "{namespace}"[/red]')
-                raise typer.Exit(1) from exc
-            raise
-
-    _print_objects([_cluster(get, kubeconfig, context)], output)
+    _check_output(output)
+    run = _with_client(Target(kubeconfig, context, gateway, token_file), lambda c: c.get(namespace, name))
+    _print_objects([run], output)
 
 
 @app.command("list")
@@ -411,34 +455,41 @@ def list_runs(
     watch: bool = typer.Option(False, "--watch", "-w", help="Keep printing changes (one line each)."),
     kubeconfig: str | None = KubeconfigOpt,
     context: str | None = ContextOpt,
+    gateway: str | None = GatewayOpt,
+    token_file: str | None = TokenFileOpt,
 ) -> None:
-    """List AgentRuns (like kubectl get ar)."""
+    """List AgentRuns (like kubectl get ar); through the gateway, -w polls every 2 s."""
+    _check_output(output)
+    if phase is not None and phase not in {p.value for p in phases.Phase}:
+        raise typer.BadParameter(f"unknown phase {phase!r}; one of {', '.join(p.value for p in phases.Phase)}",
+                                 param_hint="--phase")
     ns = None if all_namespaces else namespace
 
-    def wanted(obj: dict[str, Any]) -> bool:
-        return phase is None or (obj.get("status") or {}).get("phase", "Pending") == phase
+    async def run(client: clients.Client) -> None:
+        from agentrun.clients import base
 
-    async def fetch(api: Any) -> list[dict[str, Any]]:
-        return [kube.to_dict(o) async for o in api.list(kube.AgentRun, namespace=ns or "*")]
+        objs = await client.list_runs(ns, phase)
+        if objs or output != "table":
+            _print_objects(objs, output)
+        else:
+            out.print("No AgentRuns found." if ns is None else f"No AgentRuns found in namespace {ns}.")
+        if not watch:
+            return
+        # Only changes after the listing: a watch starts by replaying every object.
+        seen = {o["metadata"].get("uid"): o["metadata"].get("resourceVersion") for o in objs}
+        async for obj in client.watch(ns):
+            meta = obj["metadata"]
+            if seen.get(meta.get("uid")) == meta.get("resourceVersion"):
+                continue
+            seen[meta.get("uid")] = meta.get("resourceVersion")
+            if phase is not None and base.phase_of(obj) != phase:
+                continue
+            if output == "table":
+                out.print("   ".join(_row(obj)), soft_wrap=True, markup=False)
+            else:
+                _print_objects([obj], output)
 
-    objs = [o for o in _cluster(fetch, kubeconfig, context) if wanted(o)]
-    _print_objects(objs, output) if objs or output != "table" else out.print("No AgentRuns found.")
-    if not watch:
-        return
-
-    async def follow_changes(api: Any) -> None:
-        async for _kind, obj in api.watch(kube.AgentRun, namespace=ns or "*"):
-            data = kube.to_dict(obj)
-            if wanted(data):
-                if output == "table":
-                    out.print("   ".join(_row(data)), soft_wrap=True)
-                else:
-                    _print_objects([data], output)
-
-    try:
-        _cluster(follow_changes, kubeconfig, context)
-    except KeyboardInterrupt:
-        pass
+    _with_client(Target(kubeconfig, context, gateway, token_file), run)
 
 
 @app.command()
@@ -447,27 +498,17 @@ def stop(
     namespace: str = NamespaceOpt,
     kubeconfig: str | None = KubeconfigOpt,
     context: str | None = ContextOpt,
+    gateway: str | None = GatewayOpt,
+    token_file: str | None = TokenFileOpt,
 ) -> None:
     """Stop a run gracefully (sets spec.stop; a run that has not started yet never will)."""
-    import lightkube.types
+    from agentrun.clients import base
 
-    async def request(api: Any) -> dict[str, Any]:
-        try:
-            obj = kube.to_dict(await api.patch(kube.AgentRun, name, {"spec": {"stop": True}}, namespace=namespace,
-                                               patch_type=lightkube.types.PatchType.MERGE))
-        except kube.ApiError as exc:
-            if kube.is_not_found(exc):
-                err.print(f'[red]AgentRun "{name}" not found in namespace "{namespace}"[/red]')
-                raise typer.Exit(1) from exc
-            raise
-        return obj
-
-    obj = _cluster(request, kubeconfig, context)
-    phase = (obj.get("status") or {}).get("phase", "Pending")
-    if phases.is_terminal(phase):
-        out.print(f"agentrun.agentrun.io/{name} already ended: {phase}")
+    run, requested = _with_client(Target(kubeconfig, context, gateway, token_file), lambda c: c.stop(namespace, name))
+    if requested:
+        out.print(f"agentrun.agentrun.io/{name} stop requested (phase {base.phase_of(run)})", markup=False)
     else:
-        out.print(f"agentrun.agentrun.io/{name} stop requested (phase {phase})")
+        out.print(f"agentrun.agentrun.io/{name} already ended: {base.phase_of(run)}", markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

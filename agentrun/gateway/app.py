@@ -92,7 +92,8 @@ def create_app(
     verifier = auth.Verifier(
         secret=cfg.jwt_secret, jwks_url=cfg.jwks_url, jwks_file=cfg.jwks_file, audience=cfg.jwt_audience,
         issuer=cfg.jwt_issuer, namespaces_claim=cfg.namespaces_claim, leeway_seconds=cfg.jwt_leeway_seconds,
-        allow_anonymous=cfg.insecure_no_auth,
+        allow_anonymous=cfg.insecure_no_auth, jwks_cache_seconds=cfg.jwks_cache_seconds,
+        jwks_refresh_cooldown_seconds=cfg.jwks_refresh_cooldown_seconds,
     )
     services = Services(settings=cfg, verifier=verifier, metrics=metrics.Metrics(), api=api, redis=redis,
                         database=database)

@@ -73,6 +73,8 @@ class Verifier:
         namespaces_claim: str = "namespaces",
         leeway_seconds: float = 30.0,
         allow_anonymous: bool = False,
+        jwks_cache_seconds: float = 300.0,
+        jwks_refresh_cooldown_seconds: float = 30.0,
     ) -> None:
         if not (secret or jwks_url or jwks_file or allow_anonymous):
             raise ValueError(
@@ -82,7 +84,13 @@ class Verifier:
         if not audience:
             raise ValueError("AGENTRUN_GATEWAY_JWT_AUDIENCE must name at least one audience")
         self._secret = secret
-        self._jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+        # No per-kid key cache (PyJWKClient's cache_keys): it never expires, so a key removed
+        # from the JWKS (revoked, rotated out) would stay trusted until the gateway restarts.
+        # The JWKS itself is cached for jwks_cache_seconds; an unknown kid (a new key) forces a
+        # refetch, at most once per cooldown so made-up kids cannot hammer the key server.
+        self._jwks_client = jwt.PyJWKClient(
+            jwks_url, cache_keys=False, lifespan=jwks_cache_seconds, cooldown_duration=jwks_refresh_cooldown_seconds,
+        ) if jwks_url else None
         self._jwks_file = jwt.PyJWKSet.from_json(pathlib.Path(jwks_file).read_text()) if jwks_file else None
         self._audience = list(audience)
         self._issuer = issuer

@@ -45,6 +45,16 @@ class GatewaySettings(BaseSettings):
     jwks_file: str | None = None
     """Path of a JWKS file, for clusters that mount the keys instead of fetching them."""
 
+    jwks_cache_seconds: float = 300.0
+    """How long a JWKS fetched from ``jwks_url`` is used before it is fetched again. A key
+    removed from the JWKS (revoked or rotated out) stops being accepted within this time;
+    5 minutes keeps the key server's load negligible."""
+
+    jwks_refresh_cooldown_seconds: float = 30.0
+    """Least time between two fetches of the JWKS forced by tokens whose ``kid`` is unknown
+    (a newly rotated key). Bounds what a flood of made-up kids costs the key server; a new
+    key publishes ahead of its first use, so waiting this long rarely matters."""
+
     jwt_audience: list[str] = ["agentrun"]
     """Accepted ``aud`` values; a token must carry one. Supabase user tokens carry
     ``authenticated``. Never empty: a token minted for another service must not work here."""

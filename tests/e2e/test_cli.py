@@ -51,7 +51,7 @@ def test_submit_follow_get_list_and_stop(
     assert result.returncode == 0, result.stderr
     assert "agentrun.agentrun.io/quick created" in result.stdout
     assert "All done here." in result.stdout
-    assert "succeeded reason=Completed iterations=1" in result.stdout
+    assert "Succeeded reason=Completed iterations=1 tokens=" in result.stdout
     # get -o json / yaml
     got = json.loads(cli(bed, "get", "quick", "-n", namespace, "-o", "json").stdout)
     assert got["status"]["phase"] == "Succeeded"
@@ -87,8 +87,32 @@ def test_an_unreachable_cluster_is_explained(tmp_path: pathlib.Path) -> None:
         "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{harness.free_port()}"}}],
         "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}], "users": [{"name": "x", "user": {}}],
     }))
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
-    result = subprocess.run([str(BIN / "agentrun"), "list"], env=env, capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRUN_")}
+    env["KUBECONFIG"] = str(kubeconfig)
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+
+    def agentrun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "agentrun"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    # Every run command names the server, kubeconfig and context it tried, and what to do
+    for args in (["list"], ["get", "x"], ["stop", "x"], ["list", "-w"]):
+        result = agentrun(*args)
+        assert result.returncode == 2, args
+        assert f"cannot reach the Kubernetes API at {server} (kubeconfig {kubeconfig}, context x)" in result.stderr
+        assert "agentrun dev" in result.stderr and "--context" in result.stderr
+        assert "Traceback" not in result.stderr
+    # A context that is not in the kubeconfig: the ones that are
+    result = agentrun("list", "--context", "nope")
     assert result.returncode == 2
-    assert "cannot reach the Kubernetes API" in result.stderr
+    assert "Context 'nope' not found" in result.stderr and "Contexts in the kubeconfig: x" in result.stderr
+    # No kubeconfig at all
+    env["KUBECONFIG"] = str(tmp_path / "missing")
+    result = agentrun("get", "x")
+    assert result.returncode == 2 and "no usable Kubernetes configuration" in result.stderr
     assert "agentrun dev" in result.stderr
+
+
+def test_a_malformed_since_id_is_refused_before_anything_is_asked(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run([str(BIN / "agentrun"), "logs", "x", "--since-id", "yesterday"], capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, AGENTRUN_REDIS_URL="redis://127.0.0.1:1/0"))
+    assert result.returncode == 2 and "not a stream entry id" in result.stderr

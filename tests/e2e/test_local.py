@@ -35,14 +35,15 @@ def test_the_demo_streams_hello_and_exits_zero_after_the_final_phase(tmp_path: p
     assert result.returncode == 0, result.stdout + result.stderr
     assert HELLO_TEXT in result.stdout
     assert "That's all for now." in result.stdout
-    assert result.stdout.rstrip().endswith("AgentRun hello: Succeeded (reason Completed, 3 iterations, 133 tokens)")
+    assert result.stdout.rstrip().endswith("Succeeded reason=Completed iterations=3 tokens=133 (82 in, 51 out)")
 
 
 def test_dev_serves_kubectl_and_agentrun_logs_follows_a_run(tmp_path: pathlib.Path) -> None:
     env = local_env(tmp_path)
-    api_port, redis_port = harness.free_port(), harness.free_port()
+    api_port, redis_port, gateway_port = harness.free_port(), harness.free_port(), harness.free_port()
     dev = harness.Proc("dev", [str(BIN / "agentrun"), "dev", "--api-port", str(api_port),
-                               "--redis-port", str(redis_port)], env, tmp_path).start()
+                               "--redis-port", str(redis_port), "--gateway-port", str(gateway_port)],
+                       env, tmp_path).start()
     try:
         harness.wait_until(lambda: "is up" in dev.output() or not dev.alive(), 60, "agentrun dev", 0.1)
         assert dev.alive(), dev.output()
@@ -58,7 +59,14 @@ def test_dev_serves_kubectl_and_agentrun_logs_follows_a_run(tmp_path: pathlib.Pa
                               text=True, timeout=60)
         assert logs.returncode == 0, logs.stderr
         assert HELLO_TEXT in logs.stdout
-        assert "succeeded reason=Completed iterations=3" in logs.stdout
+        assert "Succeeded reason=Completed iterations=3" in logs.stdout
+        # the gateway of agentrun dev serves the same run, without a token, on loopback
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        assert f"AGENTRUN_GATEWAY_URL={gateway_url}" in dev.output()
+        remote = subprocess.run([str(BIN / "agentrun"), "logs", "hello", "--gateway", gateway_url],
+                                env=local_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert remote.returncode == 0, remote.stderr
+        assert HELLO_TEXT in remote.stdout and "Succeeded reason=Completed iterations=3" in remote.stdout
         table = subprocess.run([kubectl, "get", "ar"], env=env, capture_output=True, text=True, timeout=60)
         assert table.returncode == 0, table.stderr
         header, row = table.stdout.splitlines()[:2]

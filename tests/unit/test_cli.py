@@ -48,5 +48,7 @@ def test_logs_of_a_missing_run_names_it(tmp_path: pathlib.Path, redis_url: str) 
         env = clean_env(tmp_path)
         env.update(AGENTRUN_REDIS_URL=redis_url, KUBECONFIG=str(server.write_kubeconfig(tmp_path / "kubeconfig")))
         result = run("logs", "nope", "-n", "default", env=env, cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert 'AgentRun "nope" not found in namespace "default"' in result.stderr
+    assert "agentrun list -n default" in result.stderr
+    assert "Traceback" not in result.stderr

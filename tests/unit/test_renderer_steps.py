@@ -6,12 +6,12 @@ import io
 
 import rich.console
 
-from agentrun import cli
+from agentrun import rendering
 
 
 def test_step_events_are_lines_between_the_text() -> None:
     out = io.StringIO()
-    render = cli.Renderer(rich.console.Console(file=out, width=200, color_system=None))
+    render = rendering.Renderer(rich.console.Console(file=out, width=200, color_system=None), rich_output=False)
     render("1-0", {"type": "step", "step": "draft", "index": 0, "run": 1, "status": "started", "prompt": "p"})
     render("2-0", {"type": "assistant", "delta": "Hello", "iteration": 1, "step": "draft"})
     render("3-0", {"type": "step", "step": "draft", "status": "failed", "reason": "ModelError", "message": "boom"})
