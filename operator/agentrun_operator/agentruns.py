@@ -14,7 +14,7 @@ import kopf
 import structlog
 
 from agentrun import control, phases
-from agentrun_operator import dispatching, metrics, scanning
+from agentrun_operator import dispatching, eventing, metrics, scanning
 
 logger = structlog.get_logger(__name__)
 
@@ -42,14 +42,19 @@ def run_phases(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str,
 
 @kopf.on.event(*RESOURCE)
 async def observe_run(*, type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:  # noqa: A002
-    """Count finished runs and dispatch latency; stop a live run that was deleted.
+    """Count finished runs and dispatch latency, post an Event for each phase change a worker
+    made, and stop a live run that was deleted.
 
     Event handlers store nothing on the object and add no finalizer, so deleting an AgentRun
     never waits for the operator. A run deleted while it lives gets a stop request (its worker
     ends it ``Stopped``/``RunDeleted`` in the database and on the stream); should the operator
     miss the deletion, the worker notices it itself at its next heartbeat.
     """
-    metrics.TRACKER.observe(type, body)
+    change = metrics.TRACKER.observe(type, body)
+    if change is not None:
+        event = eventing.phase_event(body, *change)
+        if event is not None:
+            (kopf.warn if event[0] == "Warning" else kopf.info)(body, reason=event[1], message=event[2])
     autoscaler = getattr(memo, "autoscaler", None)
     if autoscaler is not None:
         autoscaler.nudge()

@@ -27,7 +27,7 @@ import lightkube
 import structlog
 
 from agentrun import broker, keys, kube, message, phases
-from agentrun_operator import workflows
+from agentrun_operator import eventing, workflows
 
 logger = structlog.get_logger(__name__)
 
@@ -95,6 +95,7 @@ async def dispatch(
         if not isinstance(exc, workflows.WorkflowInvalid) and age_seconds(meta) < pool_wait_seconds:
             raise kopf.TemporaryError(f"waiting: {exc}", delay=1) from None
         reason, text = exc.reason, str(exc)
+        eventing.ended_here(uid)
         await kube.transition(
             api, namespace, name, phases.Phase.FAILED, attempt=int(status.get("attempt") or 1), uid=uid,
             fields={"reason": reason, "message": text, "finishedAt": kube.now(),

@@ -8,6 +8,7 @@ Event is a notice, the phase on the resource is the record.
 
 from __future__ import annotations
 
+import collections
 import datetime
 from typing import Any
 
@@ -58,3 +59,34 @@ async def info(api: lightkube.AsyncClient, obj: dict[str, Any], *, reason: str, 
 
 async def warn(api: lightkube.AsyncClient, obj: dict[str, Any], *, reason: str, message: str) -> None:
     await post(api, obj, type_="Warning", reason=reason, message=message)
+
+
+_ENDED_HERE: collections.OrderedDict[str, None] = collections.OrderedDict()
+_ENDED_MEMORY = 100_000
+
+
+def ended_here(uid: str) -> None:
+    """The operator ended run ``uid`` and posted its Event itself: the watch must not again."""
+    _ENDED_HERE[uid] = None
+    while len(_ENDED_HERE) > _ENDED_MEMORY:
+        _ENDED_HERE.popitem(last=False)
+
+
+def phase_event(body: Any, before: str, phase: str) -> tuple[str, str, str] | None:
+    """``(type, reason, message)`` of the Event for a phase change a worker made, else None.
+
+    The operator posts the Events of what it does itself (Queued, WorkerLost, DeadlineExceeded
+    of a run that never started, PoolDeleted, WorkerPoolNotFound, …); the watch posts the rest,
+    so that ``kubectl describe`` lists every phase change once.
+    """
+    status, uid = body.status, body.metadata.uid
+    attempt = status.get("attempt") or 1
+    if phase == "Running":
+        return "Normal", "Running", f"attempt {attempt} running on {status.get('workerInstance') or 'a worker'}"
+    if phase == "Stopping":
+        return "Normal", "Stopping", "stopping on request"
+    if phase in ("Succeeded", "Failed", "Stopped") and uid not in _ENDED_HERE:
+        reason = str(status.get("reason") or phase)
+        text = str(status.get("message") or f"{phase.lower()} after {status.get('iterations') or 0} iterations")
+        return ("Warning" if phase == "Failed" else "Normal"), reason, text
+    return None

@@ -158,15 +158,16 @@ class Tracker:
         self._seen: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
 
-    def observe(self, event_type: str | None, body: kopf.Body) -> None:
+    def observe(self, event_type: str | None, body: kopf.Body) -> tuple[str, str] | None:
+        """Count what changed; ``(phase before, phase now)`` when this process saw the run move."""
         meta, spec, status = body.metadata, body.spec, body.status
         uid, namespace = meta.uid, meta.namespace
         if uid is None or namespace is None:
-            return
+            return None
         if event_type == "DELETED":
             with self._lock:
                 self._seen.pop(uid, None)
-            return
+            return None
         phase = str(status.get("phase") or "")
         attempt = int(status.get("attempt") or 1)
         with self._lock:
@@ -176,7 +177,7 @@ class Tracker:
         # counted again. kopf may merge quick successive events, so compare with the last seen
         # state instead of expecting every phase.
         if before is None or before == (phase, attempt) or phases.is_terminal(before[0]):
-            return
+            return None
         pool = str(spec.get("workerPool", "default"))
         if phases.is_terminal(phase):
             RUNS_FINISHED.labels(namespace, pool, phase, str(status.get("reason") or "")).inc()
@@ -185,6 +186,7 @@ class Tracker:
             latency = _seconds_between(meta.get("creationTimestamp"), status.get("startedAt"))
             if latency is not None:
                 DISPATCH_LATENCY.labels(namespace, pool).observe(max(latency, 0.0))
+        return (before[0], phase) if before[0] != phase else None
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:

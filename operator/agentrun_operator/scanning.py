@@ -402,6 +402,7 @@ class Scanner:
             ))
             await self._db.transition(uid, str(phase), attempt=attempt, reason=reason, error=text,
                                       finished_at=datetime.datetime.now(datetime.UTC))
+        eventing.ended_here(uid)  # its Event is posted below, not again by the watch
         moved = await kube.transition(
             self._api, namespace, name, phase, attempt=attempt, uid=uid,
             fields={"reason": reason, "message": text, "finishedAt": kube.now_precise()},

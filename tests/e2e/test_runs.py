@@ -92,6 +92,15 @@ def test_a_run_goes_queued_running_succeeded_and_everything_agrees(
     ttl = asyncio.run(_ttl(bed.redis_url, keys.stream(uid)))
     assert 0 < ttl <= 86_400
     assert asyncio.run(_exists(bed.redis_url, keys.lease(uid))) == 0
+    # And each phase change is an Event, once (what `kubectl describe` lists)
+
+    def reasons() -> list[str]:
+        return sorted(e["reason"] for e in bed.emulator.list("v1", "events", namespace)
+                      if e.get("involvedObject", {}).get("uid") == uid
+                      and e["reason"] in ("Queued", "Running", "Completed"))
+
+    harness.wait_until(lambda: "Completed" in reasons(), 10, "the Completed Event")
+    assert reasons() == ["Completed", "Queued", "Running"]
 
 
 async def _ttl(url: str, key: str) -> int:
@@ -206,6 +215,12 @@ def test_an_operator_restart_never_enqueues_a_run_twice(bed: harness.Bed, operat
     bed.create(agentrun(namespace, "restart"))
     bed.wait_phase(namespace, "restart", "Queued")
     harness.wait_until(lambda: bed.queue_depth(queue) == 1, 10, "the message")
+    # (and kopf has recorded the creation as handled: killed before that, the operator would
+    # rightly publish again after the restart, and the worker would drop the duplicate)
+    harness.wait_until(
+        lambda: "agentrun.io/last-handled-configuration"
+        in (bed.get_run(namespace, "restart")["metadata"].get("annotations") or {}),
+        10, "kopf to record the creation as handled")
     # When the operator is killed and started again (a fresh list + watch of every run)
     op2 = operator.restart_after_kill()
     harness.wait_until(lambda: '"operator.started"' in op2.output(), 10, "the new operator")
