@@ -19,9 +19,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import structlog
+
 from agentrun import store, streams
-from agentrun_worker import tools
+from agentrun_worker import context, tools
 from agentrun_worker.providers import base
+
+logger = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -71,6 +75,8 @@ class AgentLoop:
         self._thread_id = thread_id
         self._max_iterations = int(agent.get("maxIterations", 100))
         self._max_tokens = int(agent["maxTokens"]) if agent.get("maxTokens") else None
+        self._window = (int(agent.get("contextWindow") or context.DEFAULT_WINDOW)
+                        if agent.get("enableContextManager", True) else None)
         self._messages: list[dict[str, Any]] = []
         if agent.get("systemPrompt"):
             self._messages.append({"role": "system", "content": agent["systemPrompt"]})
@@ -90,8 +96,13 @@ class AgentLoop:
             def on_delta(chunk: str, iteration: int = iteration) -> None:
                 self._writer.emit({"type": streams.ASSISTANT, "delta": chunk, "iteration": iteration})
 
-            turn = await self._provider.turn(self._messages, iteration=iteration, on_delta=on_delta,
-                                             tools=self._registry.schemas() or None)
+            schemas = self._registry.schemas() or None
+            prompt = self._messages
+            if self._window is not None:  # the thread keeps everything; only this prompt is cut
+                prompt, dropped = context.fit(self._messages, self._window, tools=schemas)
+                if dropped:
+                    logger.info("context.trimmed", iteration=iteration, dropped=dropped, kept=len(prompt))
+            turn = await self._provider.turn(prompt, iteration=iteration, on_delta=on_delta, tools=schemas)
             outcome.input_tokens += turn.input_tokens
             outcome.output_tokens += turn.output_tokens
             outcome.result = turn.text

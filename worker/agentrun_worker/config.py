@@ -63,6 +63,11 @@ class WorkerSettings(BaseSettings):
     the 1 s poll of Dramatiq's idle worker threads (``worker_timeout``), which may still take
     one message after SIGTERM; 2 s leaves margin and costs a resumed run only that long."""
 
+    thread_poll_seconds: float = 2.0
+    """How often a run waiting for a busy thread (``multitaskStrategy: enqueue``/``interrupt``)
+    checks it again: its message comes back after this delay. 2 s costs a waiting run at
+    most that much after the thread frees, and one small message per poll."""
+
 
 def load() -> WorkerSettings:
     return WorkerSettings()

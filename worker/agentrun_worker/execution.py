@@ -32,7 +32,7 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, providers, runtime, shutdown, stopping, tools
+from agentrun_worker import agent, leases, providers, runtime, shutdown, stopping, threads, tools
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -89,6 +89,8 @@ async def execute(raw: dict[str, Any]) -> None:
     clients = await runtime.clients()
     execution = Execution(msg, clients, runtime.config(), received_at=received_at)
     await execution.run()
+    if execution.waiting:  # its thread is busy: come back later (see ``threads``)
+        await _hand_back(msg, delay_seconds=runtime.worker_config().thread_poll_seconds)
     if execution.handed_back:
         # The lease is marked handed back already, so the next delivery may take it. Only
         # after the broker confirms this copy does the actor return and Dramatiq ack the old one.
@@ -96,10 +98,10 @@ async def execute(raw: dict[str, Any]) -> None:
         logger.info("run.handed_back", why="worker shutting down", iterations=execution.iterations)
 
 
-async def _hand_back(msg: message.RunMessage) -> None:
+async def _hand_back(msg: message.RunMessage, delay_seconds: float | None = None) -> None:
     """Publish the run's message again (same id), delayed past this worker's idle threads."""
     queue = runtime.config().queue
-    delay_ms = int(runtime.worker_config().handback_delay_seconds * 1000)
+    delay_ms = int((delay_seconds or runtime.worker_config().handback_delay_seconds) * 1000)
     await asyncio.to_thread(runtime.broker().enqueue, brokers.build_message(msg, queue), delay=delay_ms)
 
 
@@ -116,6 +118,9 @@ class Execution:
         self.lease_lost = asyncio.Event()
         self.iterations = 0
         self.handed_back = False
+        self.waiting = False
+        self.thread = threads.ThreadSlot(clients.redis, msg.thread_id, uid=msg.uid, namespace=msg.namespace,
+                                         name=msg.name, ttl_seconds=config.lease_ttl_seconds)
         self._recorded = False
 
     # -- 1. admission -------------------------------------------------------------------------
@@ -161,6 +166,7 @@ class Execution:
                     logger.error("run.lease_lost")
                     self.lease_lost.set()
                     return
+                await self.thread.renew()
             except Exception as exc:  # Redis hiccup: try again at the next tick, the TTL covers it
                 logger.warning("run.lease_renew_failed", error=str(exc))
                 continue
@@ -184,6 +190,8 @@ class Execution:
             if watch.requested.is_set():
                 await self._finish(phases.Phase.STOPPED, "StopRequested", "stopped before it started")
                 return
+            if not await self._take_thread():
+                return
             try:
                 user_input = await self._resolve_input()
             except InputError as exc:
@@ -201,10 +209,34 @@ class Execution:
                 await self.lease.hand_back()
             elif not self.lease_lost.is_set():
                 with contextlib.suppress(Exception):
+                    await self.thread.release()  # after the final state: the next run reads it all
+                with contextlib.suppress(Exception):
                     await self.lease.release()
 
-    async def _resolve_input(self) -> str:
+    async def _take_thread(self) -> bool:
+        """Own the run's thread, or wait for it, or end ``ThreadBusy`` (``spec.multitaskStrategy``)."""
         spec = self.msg.spec
+        admission = await threads.admit(
+            self.thread, self.c.redis, strategy=str(spec.get("multitaskStrategy") or threads.DEFAULT),
+            queued_at=self.msg.queued_at, poll_seconds=runtime.worker_config().thread_poll_seconds,
+        )
+        if admission.verdict is threads.Verdict.REJECT:
+            await self._finish(phases.Phase.FAILED, "ThreadBusy",
+                               f'thread "{self.msg.thread_id}" is busy with run {admission.busy_with} '
+                               "(multitaskStrategy: reject)")
+        elif admission.verdict is threads.Verdict.WAIT:
+            self.waiting = True
+            if admission.first_wait:
+                self.writer.emit({"type": streams.STATUS, "status": "waiting", "reason": "ThreadBusy",
+                                  "message": f"waiting for run {admission.busy_with} on the same thread"})
+                await self.writer.flush()
+        return admission.verdict is threads.Verdict.RUN
+
+    async def _resolve_input(self) -> str | list[dict[str, Any]]:
+        """The user message: text, or content parts (``inputParts``: text and images)."""
+        spec = self.msg.spec
+        if spec.get("inputParts"):
+            return [dict(part) for part in spec["inputParts"]]
         if "input" in spec:
             return str(spec["input"])
         ref = spec.get("inputFrom") or {}
@@ -247,7 +279,7 @@ class Execution:
         )
         self._recorded = True
 
-    async def _start(self, user_input: str) -> bool:
+    async def _start(self, user_input: str | list[dict[str, Any]]) -> bool:
         msg = self.msg
         started = _utcnow()
         await self._record_run()
@@ -275,9 +307,11 @@ class Execution:
         logger.info("run.started")
         return True
 
-    async def _execute(self, user_input: str, watch: stopping.StopWatch) -> None:
+    async def _execute(self, user_input: str | list[dict[str, Any]], watch: stopping.StopWatch) -> None:
         msg = self.msg
         agent_spec = msg.spec.get("agent") or {}
+        if not isinstance(user_input, str):  # the text of content parts, for the scripted echo
+            user_input = " ".join(str(p.get("text", "")) for p in user_input if p.get("type") == "text")
         try:
             provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
             registry = tools.for_agent(agent_spec)
