@@ -31,7 +31,8 @@ def on_thread(namespace: str, name: str, thread: str, *, script: list[dict[str, 
 
 
 def final(bed: harness.Bed, namespace: str, name: str, timeout: float = 90) -> dict[str, Any]:
-    status: dict[str, Any] = bed.wait_phase(namespace, name, "Succeeded", "Failed", "Stopped", timeout=timeout)["status"]
+    obj = bed.wait_phase(namespace, name, "Succeeded", "Failed", "Stopped", timeout=timeout)
+    status: dict[str, Any] = obj["status"]
     return status
 
 

@@ -207,6 +207,8 @@ class Execution:
             await watch.close()
             if self.handed_back:
                 await self.lease.hand_back()
+                with contextlib.suppress(Exception):
+                    await self.thread.renew()  # the thread waits for the run's next delivery too
             elif not self.lease_lost.is_set():
                 with contextlib.suppress(Exception):
                     await self.thread.release()  # after the final state: the next run reads it all
@@ -216,8 +218,11 @@ class Execution:
     async def _take_thread(self) -> bool:
         """Own the run's thread, or wait for it, or end ``ThreadBusy`` (``spec.multitaskStrategy``)."""
         spec = self.msg.spec
+        strategy = str(spec.get("multitaskStrategy") or threads.DEFAULT)
+        if self.msg.attempt > 1:  # a run that started before is never rejected nor interrupts: it waits
+            strategy = threads.ENQUEUE
         admission = await threads.admit(
-            self.thread, self.c.redis, strategy=str(spec.get("multitaskStrategy") or threads.DEFAULT),
+            self.thread, self.c.redis, strategy=strategy,
             queued_at=self.msg.queued_at, poll_seconds=runtime.worker_config().thread_poll_seconds,
         )
         if admission.verdict is threads.Verdict.REJECT:
