@@ -97,6 +97,7 @@ def test_interrupt_stops_the_busy_run_and_runs_after_it_ended(
     # Then the long run ends Stopped/Interrupted, and the new one runs after it and succeeds
     stopped = final(bed, namespace, "long")
     assert (stopped["phase"], stopped["reason"]) == ("Stopped", "Interrupted"), stopped
+    assert stopped["message"] == "interrupted by a new run on its thread"
     assert stopped["iterations"] < 10
     urgent = final(bed, namespace, "urgent")
     assert (urgent["phase"], urgent["result"]) == ("Succeeded", "reply of urgent"), urgent

@@ -364,8 +364,9 @@ class Execution:
                 logger.error("run.abandoned", why="lease lost: another worker may own this run")
                 return
             if stop_wait in done:  # a stop wins over a hand-back: the user asked for the run to end
-                await self._finish(phases.Phase.STOPPED, watch.reason or "StopRequested", "stopped on request",
-                                   outcome=loop.outcome)
+                text = ("interrupted by a new run on its thread" if watch.reason == threads.INTERRUPTED
+                        else "stopped on request")
+                await self._finish(phases.Phase.STOPPED, watch.reason or "StopRequested", text, outcome=loop.outcome)
             elif handback_wait in done:
                 self.handed_back = True
                 await self.writer.flush()
