@@ -104,3 +104,24 @@ def test_interrupt_stops_the_busy_run_and_runs_after_it_ended(
     assert stopped["finishedAt"] <= urgent["startedAt"]
     # And the thread ends with the urgent run's exchange
     assert [m["role"] for m in bed.db_messages(thread)][-2:] == ["user", "assistant"]
+
+
+def test_a_waiting_run_holds_no_worker_thread(bed: harness.Bed, operator: Any, namespace: str) -> None:
+    # Given a worker with two threads, one busy with a slow run, and a run waiting for that thread
+    bed.start_worker(f"agentrun.{namespace}.default", threads=2, AGENTRUN_THREAD_POLL_SECONDS=POLL)
+    thread = f"thread-{uuid.uuid4().hex[:8]}"
+    bed.create(on_thread(namespace, "slow", thread, script=SLOW * 2))  # about 16 s
+    bed.wait_phase(namespace, "slow", "Running")
+    waiter_uid = bed.create(on_thread(namespace, "waiter", thread))["metadata"]["uid"]
+    harness.wait_until(lambda: any(e["type"] == "status" and e["status"] == "waiting"
+                                   for e in stream_events(bed.redis_url, waiter_uid)), 30, "the waiter to wait")
+    # When a run on another thread arrives
+    bed.create(on_thread(namespace, "elsewhere", f"thread-{uuid.uuid4().hex[:8]}"))
+    # Then it runs on the free worker thread while the slow run still executes: the waiting run
+    # is a delayed message, not a blocked worker thread
+    elsewhere = final(bed, namespace, "elsewhere")
+    assert elsewhere["phase"] == "Succeeded"
+    assert bed.get_run(namespace, "slow")["status"]["phase"] == "Running"
+    slow, waiter = final(bed, namespace, "slow"), final(bed, namespace, "waiter")
+    assert elsewhere["finishedAt"] <= slow["finishedAt"] <= waiter["startedAt"]
+    assert waiter["phase"] == "Succeeded"
