@@ -66,7 +66,8 @@ class WorkerSettings(BaseSettings):
     thread_poll_seconds: float = 2.0
     """How often a run waiting for a busy thread (``multitaskStrategy: enqueue``/``interrupt``)
     checks it again: its message comes back after this delay. 2 s costs a waiting run at
-    most that much after the thread frees, and one small message per poll."""
+    most that much after the thread frees; each poll costs one small message, a few Redis
+    commands and one GET of the AgentRun."""
 
 
 def load() -> WorkerSettings:
