@@ -84,3 +84,31 @@ def test_images_count_as_a_fixed_cost_and_text_by_utf8_bytes() -> None:
 def test_the_reserve_for_the_reply_is_a_quarter_of_the_window_at_most_16k() -> None:
     assert context.budget(4096) == 3072
     assert context.budget(1_000_000) == 1_000_000 - 16_384
+
+
+async def test_the_history_of_a_long_thread_is_read_whole_page_by_page(tmp_path: Any) -> None:
+    # Given a thread of more messages than one page of the store holds
+    from agentrun_worker import execution
+
+    from agentrun import store
+
+    db = store.open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    await db.connect()
+    try:
+        await db.migrate()
+        await db.ensure_thread("t", namespace="ns")
+        for i in range(7):
+            await db.add_message("t", "user", f"m{i}", message_id=f"m{i}")
+        # When the worker reads the history in pages of three
+        messages = await execution._thread_messages(db, "t", page=3)
+        # Then it has every message, the latest included, in order
+        assert [m.content for m in messages] == [f"m{i}" for i in range(7)]
+    finally:
+        await db.close()
+
+
+def test_a_tool_result_whose_call_is_not_in_the_history_is_never_sent_alone() -> None:
+    messages = [result("lost", 3000), text("user", 3000), text("assistant", 3000), text("user", 300)]
+    prompt, dropped = context.fit(messages, 2048)
+    assert all(m["role"] != "tool" for m in prompt)
+    assert dropped == len(messages) - (len(prompt) - 1)

@@ -90,7 +90,9 @@ def fit(messages: list[dict[str, Any]], window: int, *, tools: list[dict[str, An
     if sum(estimate(m) for m in messages) <= limit:
         return messages, 0
     head = list(messages[:1]) if messages and messages[0].get("role") == "system" else []
-    groups = _groups(messages[len(head):])
+    rest = messages[len(head):]
+    # A tool result whose call is not in the history at all cannot be sent alone: it goes.
+    groups = [g for g in _groups(rest) if g[0].get("role") != "tool"]
     last_user = max((i for i, g in enumerate(groups) if g[0].get("role") == "user"), default=None)
     # The note's own size is counted as if many messages were left out.
     used = sum(estimate(m) for m in head) + text_tokens(note(10**6)) + MESSAGE_OVERHEAD
@@ -105,7 +107,7 @@ def fit(messages: list[dict[str, Any]], window: int, *, tools: list[dict[str, An
             break
         used += cost
         kept.add(index)
-    dropped = sum(len(g) for i, g in enumerate(groups) if i not in kept)
+    dropped = len(rest) - sum(len(groups[i]) for i in kept)
     if dropped == 0:
         return messages, 0
     if head:

@@ -69,6 +69,16 @@ def _history_message(record: store.MessageRecord) -> dict[str, Any]:
     return {"role": record.role, "content": record.content}
 
 
+async def _thread_messages(db: store.Store, thread_id: str, page: int = 1000) -> list[store.MessageRecord]:
+    """Every message of the thread, page by page: a long thread's latest turns matter most."""
+    messages: list[store.MessageRecord] = []
+    while True:
+        batch = await db.list_messages(thread_id, after_seq=messages[-1].seq if messages else 0, limit=page)
+        messages.extend(batch)
+        if len(batch) < page:
+            return messages
+
+
 def _truncate(text: str | None, limit: int) -> str | None:
     if text is None or len(text) <= limit:
         return text
@@ -323,7 +333,7 @@ class Execution:
         except (providers_base.ProviderUnavailable, tools.ToolNotFound) as exc:
             await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
             return
-        stored = [m for m in await self.c.store.list_messages(msg.thread_id)
+        stored = [m for m in await _thread_messages(self.c.store, msg.thread_id)
                   if m.role in ("user", "assistant", "tool")]
         history = [_history_message(m) for m in stored]
         # Turns this attempt already completed (a delivery handed back by a worker that shut
