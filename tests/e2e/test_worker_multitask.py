@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import harness
+from tests.e2e.test_recovery import fast_operator  # noqa: F401  (a fixture: an operator scanning every second)
 from tests.e2e.test_runs import stream_events
 
 pytestmark = pytest.mark.e2e
@@ -125,3 +126,24 @@ def test_a_waiting_run_holds_no_worker_thread(bed: harness.Bed, operator: Any, n
     slow, waiter = final(bed, namespace, "slow"), final(bed, namespace, "waiter")
     assert elsewhere["finishedAt"] <= slow["finishedAt"] <= waiter["startedAt"]
     assert waiter["phase"] == "Succeeded"
+
+
+@pytest.mark.usefixtures("fast_operator")
+def test_a_run_waiting_for_its_thread_is_not_taken_for_a_lost_message(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given an operator that re-publishes a Queued run after 3 s, and a slow run on a thread
+    bed.start_worker(f"agentrun.{namespace}.default", threads=4, AGENTRUN_THREAD_POLL_SECONDS=POLL)
+    thread = f"thread-{uuid.uuid4().hex[:8]}"
+    bed.create(on_thread(namespace, "slow", thread, script=SLOW))
+    bed.wait_phase(namespace, "slow", "Running")
+    # When a second run waits for the thread much longer than that
+    bed.create(on_thread(namespace, "patient", thread))
+    assert final(bed, namespace, "slow")["phase"] == "Succeeded"
+    status = final(bed, namespace, "patient")
+    # Then it ran once after the first, and the operator never re-published it
+    assert status["phase"] == "Succeeded" and status["attempt"] == 1
+    events = [e for e in bed.emulator.list("v1", "events", namespace)
+              if e.get("involvedObject", {}).get("name") == "patient"]
+    assert not [e for e in events if e.get("reason") == "Republished"], events
+    assert "run.republished" not in operator.proc.output()
