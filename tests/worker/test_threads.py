@@ -87,3 +87,16 @@ async def test_the_owner_key_expires_when_its_run_stops_renewing(client: aioredi
     await dead.release()  # never deletes another run's claim
     assert await client.get(keys.thread_owner(thread)) == b"alive ns/run-alive"
     await alive.release()
+
+
+async def test_a_run_that_owns_its_thread_keeps_it_on_its_next_delivery(client: aioredis.Redis) -> None:
+    thread = f"t-{uuid.uuid4().hex}"
+    owner, early = slot(client, thread, f"o-{uuid.uuid4().hex[:6]}"), slot(client, thread, f"e-{uuid.uuid4().hex[:6]}")
+    assert await owner.take(5.0) is None
+    assert await early.wait(1.0, poll_seconds=5) is True  # queued before the owner, waiting in line
+    # When the owner's message is delivered again (a hand-back), it takes its own thread at once
+    again = slot(client, thread, owner.uid)
+    assert await again.take(5.0) is None
+    await again.release()
+    assert await early.take(1.0) is None
+    await early.release()

@@ -124,7 +124,10 @@ class ThreadSlot:
                     owner = _text(await pipe.get(self._owner_key))
                     if owner is not None and _uid(owner) != self._uid:
                         return owner
-                    line: list[Any] = await pipe.zrange(self._line_key, 0, -1, withscores=True)
+                    # A run that owns the thread already (its redelivery, its next attempt) keeps
+                    # it; any other goes after the runs queued before it.
+                    line: list[Any] = [] if owner is not None else await pipe.zrange(
+                        self._line_key, 0, -1, withscores=True)
                     for raw, score in line:
                         member = _text(raw) or ""
                         if _uid(member) != self._uid and (float(score), member) < (order, self._label):
