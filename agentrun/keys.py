@@ -30,5 +30,22 @@ def control(uid: str) -> str:
     return f"{PREFIX}:{{{uid}}}:control"
 
 
+def waiting(uid: str) -> str:
+    """When a delivery of a run last polled a busy thread (ms since the epoch); its expiry
+    means the run no longer waits."""
+    return f"{PREFIX}:{{{uid}}}:waiting"
+
+
+def thread_owner(thread_id: str) -> str:
+    """The run that holds a conversation thread (``<uid> <namespace>/<name>``), renewed with
+    its lease. The thread id is the hash tag: a thread's keys share one slot."""
+    return f"{PREFIX}:thread:{{{thread_id}}}:owner"
+
+
+def thread_line(thread_id: str) -> str:
+    """Sorted set of the runs waiting for a busy thread, scored by when they were queued."""
+    return f"{PREFIX}:thread:{{{thread_id}}}:line"
+
+
 def all_for(uid: str) -> tuple[str, ...]:
     return (stream(uid), lease(uid), stop(uid))

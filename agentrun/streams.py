@@ -38,6 +38,8 @@ STATUS = "status"
 """``{"status": "running", "attempt", "receivedAt"}`` when a worker starts an attempt;
 ``{"status": "requeued", "reason": "WorkerShutdown", "attempt", "iterations"}`` (not
 terminal) when a stopping worker hands the run back;
+``{"status": "waiting", "reason": "ThreadBusy", "message"}`` (not terminal, before ``running``)
+when the run waits for another run on its thread (``multitaskStrategy``);
 ``{"status": "succeeded"|"failed"|"stopped", "reason", "message", "iterations", "usage"}``
 last of all."""
 ASSISTANT = "assistant"

@@ -21,7 +21,9 @@ What one scan does:
   user asked for it to end, and its worker can no longer say so.
 - **Lost messages.** A ``Queued`` run no worker took within ``queued_timeout_seconds`` (from
   ``status.queuedAt`` or the last re-publish) gets its message published again with the same
-  attempt and id; a duplicate is dropped by the worker's lease and state checks.
+  attempt and id; a duplicate is dropped by the worker's lease and state checks. A run that
+  waits for its thread (its ``agentrun:{uid}:waiting`` mark is fresh) is not lost: a worker
+  polls it.
 - **Deadlines.** A run still ``Queued`` ``spec.timeoutSeconds`` after its creation ends
   ``Failed``/``DeadlineExceeded`` (a running run's deadline is enforced by its worker); a lost
   run past its deadline is not re-queued but ends the same way.
@@ -331,6 +333,8 @@ class Scanner:
         if obj is None or status.get("phase") != phases.Phase.QUEUED or int(status.get("attempt") or 0) != v.attempt:
             return
         self._republished[(v.uid, v.attempt)] = time.time()
+        if await self._redis.exists(keys.waiting(v.uid)):  # waiting for its thread: a worker polls it
+            return
         message_id = await self._publish(obj)
         text = (f"no worker took attempt {v.attempt} within {self._op.queued_timeout_seconds:g}s; "
                 "its message was published again")

@@ -156,7 +156,7 @@ def test_cel_rule_compiles_and_explains_itself(where: str, rule: Mapping[str, An
 
 def test_at_least_the_documented_cross_field_rules() -> None:
     found = {(where.split(":")[1], rule["message"]) for where, rule in rules()}
-    assert ("spec", "exactly one of input or inputFrom must be set") in found
+    assert ("spec", "exactly one of input, inputFrom or inputParts must be set") in found
     assert ("spec", "exactly one of agent, agentRef or workflowRef must be set") in found
     assert ("spec.agent", "script is only allowed when model is 'scripted'") in found
     assert ("spec.agent.script[]", "exactly one of text or fail must be set") in found

@@ -93,6 +93,8 @@ def test_agentrun_defaults() -> None:
     assert spec["agent"]["maxIterations"] == 100
     assert spec["agent"]["enableThinking"] is False
     assert spec["agent"]["enableContextManager"] is True
+    assert spec["agent"]["contextWindow"] == 128000
+    assert spec["multitaskStrategy"] == "enqueue"
     assert all("chunkDelayMs" in turn for turn in spec["agent"]["script"])
     assert "reasoningEffort" not in spec["agent"] and "timeoutSeconds" not in spec
     # and the manifest itself is left alone
@@ -159,6 +161,18 @@ GOOD: dict[str, dict[str, Any]] = {
                 "enableContextManager": False,
                 "maxTokens": 200000,
             },
+        },
+    },
+    "with-images": {
+        "kind": "AgentRun",
+        "spec": {
+            "inputParts": [
+                {"type": "text", "text": "What is in these pictures?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+            "multitaskStrategy": "interrupt",
+            "agent": {"model": "openai/gpt-4o", "contextWindow": 8192},
         },
     },
     "failing-script": {

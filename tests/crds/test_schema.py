@@ -59,7 +59,7 @@ def test_a_bound_error_does_not_skip_the_rules() -> None:
     assert errors[0].message == (
         "Invalid value: 0: spec.agent.maxIterations in body should be greater than or equal to 1"
     )
-    assert errors[1].message == 'Invalid value: "object": exactly one of input or inputFrom must be set'
+    assert errors[1].message == 'Invalid value: "object": exactly one of input, inputFrom or inputParts must be set'
 
 
 def test_rules_of_a_node_that_failed_its_schema_are_not_evaluated() -> None:

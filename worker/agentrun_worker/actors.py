@@ -3,6 +3,13 @@
 The actor is declared on the queue of this worker's pool (``AGENTRUN_QUEUE``, set by the
 pool's Deployment) and takes only ids and the resolved spec (see ``agentrun.message``).
 It is idempotent: duplicate deliveries are recognised by the run's lease and state.
+
+Dramatiq's time limit of a message follows the run's ``timeoutSeconds`` plus a margin
+(``agentrun.broker.build_message``), so the worker's own deadline always ends the run first,
+with ``DeadlineExceeded``. Should the limit ever strike (a run without ``timeoutSeconds``
+past 24 h), the message is not retried (``throws``): the run's lease is gone, and recovering
+it is the operator's job (a new attempt, or ``Failed``) — a Dramatiq retry beside it could
+execute the run a second time.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ tracing.setup()  # once per worker process: OpenTelemetry, Langfuse, Sentry as c
     max_retries=3,
     min_backoff=1_000,
     max_backoff=30_000,
+    throws=(dramatiq.middleware.TimeLimitExceeded,),
 )
 async def execute_run(payload: dict[str, Any]) -> None:
     with tracing.reporting_errors():

@@ -20,9 +20,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import structlog
+
 from agentrun import store, streams
-from agentrun_worker import tools, tracing
+from agentrun_worker import context, tools, tracing
 from agentrun_worker.providers import base
+
+logger = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -74,6 +78,8 @@ class AgentLoop:
         self._thread_id = thread_id
         self._max_iterations = int(agent.get("maxIterations", 100))
         self._max_tokens = int(agent["maxTokens"]) if agent.get("maxTokens") else None
+        self._window = (int(agent.get("contextWindow") or context.DEFAULT_WINDOW)
+                        if agent.get("enableContextManager", True) else None)
         self._messages: list[dict[str, Any]] = []
         self._registry = registry if registry is not None else tools.Registry(())
         system = "\n\n".join(p for p in (agent.get("systemPrompt"), self._registry.prompt) if p)
@@ -103,9 +109,15 @@ class AgentLoop:
             def on_delta(chunk: str, iteration: int = iteration) -> None:
                 self._writer.emit({"type": streams.ASSISTANT, "delta": chunk, "iteration": iteration})
 
-            with tracing.chat(self._messages, iteration=iteration) as chat:
-                turn = await self._provider.turn(self._messages, iteration=iteration, on_delta=chat.watch(on_delta),
-                                                 tools=self._registry.schemas() or None)
+            schemas = self._registry.schemas() or None
+            prompt = self._messages
+            if self._window is not None:  # the thread keeps everything; only this prompt is cut
+                prompt, dropped = context.fit(self._messages, self._window, tools=schemas)
+                if dropped:
+                    logger.info("context.trimmed", iteration=iteration, dropped=dropped, kept=len(prompt))
+            with tracing.chat(prompt, iteration=iteration) as chat:
+                turn = await self._provider.turn(prompt, iteration=iteration, on_delta=chat.watch(on_delta),
+                                                 tools=schemas)
                 chat.finished(turn)
             outcome.input_tokens += turn.input_tokens
             outcome.output_tokens += turn.output_tokens

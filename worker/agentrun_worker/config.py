@@ -76,6 +76,12 @@ class WorkerSettings(BaseSettings):
     """Longest an MCP server may take to start and list its tools before the run fails with
     ``MCPServerUnavailable``: a stdio server fetched by ``npx``/``uvx`` on first use needs seconds."""
 
+    thread_poll_seconds: float = 2.0
+    """How often a run waiting for a busy thread (``multitaskStrategy: enqueue``/``interrupt``)
+    checks it again: its message comes back after this delay. 2 s costs a waiting run at
+    most that much after the thread frees; each poll costs one small message, a few Redis
+    commands and one GET of the AgentRun."""
+
 
 def load() -> WorkerSettings:
     return WorkerSettings()

@@ -32,7 +32,7 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import control, keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, tools, workflows
+from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, threads, tools, workflows
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -69,6 +69,16 @@ def _history_message(record: store.MessageRecord) -> dict[str, Any]:
     return {"role": record.role, "content": record.content}
 
 
+async def _thread_messages(db: store.Store, thread_id: str, page: int = 1000) -> list[store.MessageRecord]:
+    """Every message of the thread, page by page: a long thread's latest turns matter most."""
+    messages: list[store.MessageRecord] = []
+    while True:
+        batch = await db.list_messages(thread_id, after_seq=messages[-1].seq if messages else 0, limit=page)
+        messages.extend(batch)
+        if len(batch) < page:
+            return messages
+
+
 def _truncate(text: str | None, limit: int) -> str | None:
     if text is None or len(text) <= limit:
         return text
@@ -89,6 +99,8 @@ async def execute(raw: dict[str, Any]) -> None:
     clients = await runtime.clients()
     execution = Execution(msg, clients, runtime.config(), received_at=received_at)
     await execution.run()
+    if execution.waiting:  # its thread is busy: come back later (see ``threads``)
+        await _hand_back(msg, delay_seconds=runtime.worker_config().thread_poll_seconds)
     if execution.handed_back:
         # The lease is marked handed back already, so the next delivery may take it. Only
         # after the broker confirms this copy does the actor return and Dramatiq ack the old one.
@@ -96,10 +108,10 @@ async def execute(raw: dict[str, Any]) -> None:
         logger.info("run.handed_back", why="worker shutting down", iterations=execution.iterations)
 
 
-async def _hand_back(msg: message.RunMessage) -> None:
+async def _hand_back(msg: message.RunMessage, delay_seconds: float | None = None) -> None:
     """Publish the run's message again (same id), delayed past this worker's idle threads."""
     queue = runtime.config().queue
-    delay_ms = int(runtime.worker_config().handback_delay_seconds * 1000)
+    delay_ms = int((delay_seconds or runtime.worker_config().handback_delay_seconds) * 1000)
     await asyncio.to_thread(runtime.broker().enqueue, brokers.build_message(msg, queue), delay=delay_ms)
 
 
@@ -116,6 +128,9 @@ class Execution:
         self.lease_lost = asyncio.Event()
         self.iterations = 0
         self.handed_back = False
+        self.waiting = False
+        self.thread = threads.ThreadSlot(clients.redis, msg.thread_id, uid=msg.uid, namespace=msg.namespace,
+                                         name=msg.name, ttl_seconds=config.lease_ttl_seconds)
         self._recorded = False
         self.toolbox = mcp.Toolbox()  # the run's MCP servers, closed when the run ends in any way
 
@@ -172,6 +187,10 @@ class Execution:
                 self.lease_lost.set()
                 return
             renewed_at = loop.time()
+            try:
+                await self.thread.renew()  # the thread stays this run's while the run lives
+            except Exception as exc:  # noqa: BLE001  (a Redis hiccup: the next tick renews it)
+                logger.warning("run.thread_renew_failed", error=str(exc))
             if loop.time() >= next_heartbeat:
                 next_heartbeat = loop.time() + self.config.heartbeat_seconds
                 await self._heartbeat()
@@ -216,6 +235,8 @@ class Execution:
                 reason = watch.reason or "StopRequested"
                 await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + " before it started")
                 return
+            if not await self._take_thread():
+                return
             try:
                 user_input = await self._resolve_input()
             except InputError as exc:
@@ -232,12 +253,41 @@ class Execution:
             await watch.close()
             if self.handed_back:
                 await self.lease.hand_back()
+                with contextlib.suppress(Exception):
+                    await self.thread.renew()  # the thread waits for the run's next delivery too
             elif not self.lease_lost.is_set():
+                with contextlib.suppress(Exception):
+                    await self.thread.release()  # after the final state: the next run reads it all
                 with contextlib.suppress(Exception):
                     await self.lease.release()
 
-    async def _resolve_input(self) -> str:
+    async def _take_thread(self) -> bool:
+        """Own the run's thread, or wait for it, or end ``ThreadBusy`` (``spec.multitaskStrategy``)."""
         spec = self.msg.spec
+        strategy = str(spec.get("multitaskStrategy") or threads.DEFAULT)
+        if self.msg.attempt > 1:  # a run that started before is never rejected nor interrupts: it waits
+            strategy = threads.ENQUEUE
+        admission = await threads.admit(
+            self.thread, self.c.redis, strategy=strategy,
+            queued_at=self.msg.queued_at, poll_seconds=runtime.worker_config().thread_poll_seconds,
+        )
+        if admission.verdict is threads.Verdict.REJECT:
+            await self._finish(phases.Phase.FAILED, "ThreadBusy",
+                               f'thread "{self.msg.thread_id}" is busy with run {admission.busy_with} '
+                               "(multitaskStrategy: reject)")
+        elif admission.verdict is threads.Verdict.WAIT:
+            self.waiting = True
+            if admission.first_wait:
+                self.writer.emit({"type": streams.STATUS, "status": "waiting", "reason": "ThreadBusy",
+                                  "message": f"waiting for run {admission.busy_with} on the same thread"})
+                await self.writer.flush()
+        return admission.verdict is threads.Verdict.RUN
+
+    async def _resolve_input(self) -> str | list[dict[str, Any]]:
+        """The user message: text, or content parts (``inputParts``: text and images)."""
+        spec = self.msg.spec
+        if spec.get("inputParts"):
+            return [dict(part) for part in spec["inputParts"]]
         if "input" in spec:
             return str(spec["input"])
         ref = spec.get("inputFrom") or {}
@@ -281,7 +331,7 @@ class Execution:
         )
         self._recorded = True
 
-    async def _start(self, user_input: str) -> bool:
+    async def _start(self, user_input: str | list[dict[str, Any]]) -> bool:
         msg = self.msg
         started = _utcnow()
         await self._record_run()
@@ -309,11 +359,14 @@ class Execution:
         logger.info("run.started")
         return True
 
-    async def _execute(self, user_input: str, watch: stopping.StopWatch) -> None:
+    async def _execute(self, user_input: str | list[dict[str, Any]], watch: stopping.StopWatch) -> None:
         msg = self.msg
         if workflows.is_workflow(msg.spec):
             try:
-                runner = await workflows.executor(msg, user_input=user_input, writer=self.writer, db=self.c.store,
+                # a workflow's templates take text: image parts reach its steps as their text parts only
+                text = user_input if isinstance(user_input, str) else "\n".join(
+                    str(part.get("text", "")) for part in user_input if part.get("type") == "text")
+                runner = await workflows.executor(msg, user_input=text, writer=self.writer, db=self.c.store,
                                                   settings=runtime.worker_config(), toolbox=self.toolbox,
                                                   stop=watch.requested)
             except (workflows.Refused, mcp.ServerUnavailable) as exc:
@@ -326,6 +379,8 @@ class Execution:
             await self._drive(runner, watch)
             return
         agent_spec = msg.spec.get("agent") or {}
+        if not isinstance(user_input, str):  # the text of content parts, for the scripted echo
+            user_input = " ".join(str(p.get("text", "")) for p in user_input if p.get("type") == "text")
         try:
             provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
             registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox, watch.requested)
@@ -336,7 +391,7 @@ class Execution:
             reason = watch.reason or "StopRequested"
             await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason))
             return
-        stored = [m for m in await self.c.store.list_messages(msg.thread_id)
+        stored = [m for m in await _thread_messages(self.c.store, msg.thread_id)
                   if m.role in ("user", "assistant", "tool")]
         history = [_history_message(m) for m in stored]
         # Turns this attempt already completed (a delivery handed back by a worker that shut

@@ -21,10 +21,16 @@ RUN_DELETED = "RunDeleted"
 """The stop reason when the run's AgentRun was deleted while the run lived."""
 
 
+INTERRUPTED = "Interrupted"
+"""The stop reason when a new run on the same thread interrupted this one (``multitaskStrategy``)."""
+
+
 def explain(reason: str) -> str:
     """The status message of a run stopped for ``reason``."""
     if reason == RUN_DELETED:
         return "stopped because its AgentRun was deleted"
+    if reason == INTERRUPTED:
+        return "interrupted by a new run on its thread"
     return "stopped on request"
 
 
