@@ -28,7 +28,7 @@ import uvicorn
 from starlette import applications, requests, responses, routing
 
 from agentrun import control, kube, log, phases, schema, settings, store, streams
-from agentrun.gateway import auth, config, fanout, metrics, openapi, sse
+from agentrun.gateway import auth, config, fanout, metrics, openapi, sse, webview
 
 logger = structlog.get_logger(__name__)
 
@@ -178,6 +178,7 @@ def create_app(
         routing.Route(f"{prefix}/runs/{{name}}/stop", guarded(stop_run), methods=["POST"]),
         routing.Route(f"{prefix}/runs/{{name}}/stream", guarded(stream_run), methods=["GET"]),
         routing.Route(f"{prefix}/threads/{{thread_id}}/messages", guarded(thread_messages), methods=["GET"]),
+        *webview.routes(),
     ]
     app = applications.Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services
