@@ -5,7 +5,8 @@ uvicorn); :func:`main` is the process entry point (``agentrun gateway``, the cha
 Deployment). Runs are read from and created in the Kubernetes API (:mod:`agentrun.kube`),
 streams are read from Redis (:mod:`agentrun.gateway.sse`), messages and expired runs from
 the database (:mod:`agentrun.store`). Every ``/v1`` request is authenticated by
-:mod:`agentrun.gateway.auth` and limited to the namespaces of its token.
+:mod:`agentrun.gateway.auth` and limited to the namespaces of its token. ``/`` is the web
+view (:mod:`agentrun.gateway.webview`), a page that uses the same ``/v1`` API.
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ def test_the_form_shows_the_gateways_field_errors(gateway: Gateway, namespace: s
     expect(errors.locator("li code").first).to_have_text("spec.agent.maxIterations")
 
 
-def test_the_page_works_without_a_token_on_a_gateway_in_dev_mode(
+def test_the_page_works_without_a_token_on_a_gateway_in_dev_mode_and_after_a_stream_expired(
     bed: harness.Bed, operator: Any, namespace: str, page: Page
 ) -> None:
     # Given a gateway that accepts requests without a token (agentrun dev)
@@ -290,7 +290,19 @@ def test_the_page_works_without_a_token_on_a_gateway_in_dev_mode(
         expect(page.locator("#transcript .msg.assistant .body")).to_have_text("You said: hello from the page")
         expect(page.locator("#token-dialog")).to_be_hidden()
         expect(page.locator("#runs tbody tr")).to_have_count(1)
-        assert page.locator("#run-name").inner_text().startswith("run-")
+        name = page.locator("#run-name").inner_text()
+        assert name.startswith("run-")
+        # When the run's stream has expired, the page shows the run from the database
+        client = redis.Redis.from_url(bed.redis_url)
+        try:
+            client.delete(keys.stream(bed.get_run(namespace, name)["metadata"]["uid"]))
+        finally:
+            client.close()
+        page.reload()
+        expect(page.locator("#transcript .event.note")).to_contain_text("expired")
+        expect(page.locator("#transcript .msg.assistant .body")).to_have_text("You said: hello from the page")
+        expect(page.locator("#transcript .msg.user")).to_have_count(1)
+        expect(page.locator("#run-phase")).to_have_text("Succeeded")
     finally:
         dev.stop()
 
