@@ -40,6 +40,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SECRET = "webview-test-secret-long-enough-for-hs256-0000"
 WAIT_MS = 60_000
 """How long the page may take to show something: generous, the machine is shared and slow."""
+expect.set_options(timeout=WAIT_MS)
 # 30 turns of 8 words, 60 ms a word: about 15 s of streaming, far longer than the test needs.
 SLOW: list[dict[str, Any]] = [{"text": " ".join(f"w{turn}-{i}" for i in range(8)) + " ", "chunkDelayMs": 60}
                               for turn in range(30)]
@@ -312,8 +313,9 @@ def test_the_stream_resumes_with_last_event_id_after_the_gateway_restarts(
 ) -> None:
     # Given a run streaming slowly into the page
     bed.start_worker(f"agentrun.{namespace}.default")
-    script: list[dict[str, Any]] = [{"text": " ".join(f"r{turn}-{i}" for i in range(6)) + " ", "chunkDelayMs": 40}
-                                    for turn in range(12)]
+    # 20 turns of 6 words, 60 ms a word: about 7 s, so the restart happens mid-stream
+    script: list[dict[str, Any]] = [{"text": " ".join(f"r{turn}-{i}" for i in range(6)) + " ", "chunkDelayMs": 60}
+                                    for turn in range(20)]
     bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
                 "metadata": {"name": "resumed", "namespace": namespace},
                 "spec": {"input": "go", "agent": {"model": "scripted", "script": script}}})
