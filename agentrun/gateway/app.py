@@ -5,7 +5,8 @@ uvicorn); :func:`main` is the process entry point (``agentrun gateway``, the cha
 Deployment). Runs are read from and created in the Kubernetes API (:mod:`agentrun.kube`),
 streams are read from Redis (:mod:`agentrun.gateway.sse`), messages and expired runs from
 the database (:mod:`agentrun.store`). Every ``/v1`` request is authenticated by
-:mod:`agentrun.gateway.auth` and limited to the namespaces of its token.
+:mod:`agentrun.gateway.auth` and limited to the namespaces of its token. ``/`` is the web
+view (:mod:`agentrun.gateway.webview`), a page that uses the same ``/v1`` API.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import uvicorn
 from starlette import applications, requests, responses, routing
 
 from agentrun import control, kube, log, phases, schema, settings, store, streams
-from agentrun.gateway import auth, config, fanout, metrics, openapi, sse
+from agentrun.gateway import auth, config, fanout, metrics, openapi, sse, webview
 
 logger = structlog.get_logger(__name__)
 
@@ -181,6 +182,7 @@ def create_app(
         routing.Route(f"{prefix}/runs/{{name}}/stop", guarded(stop_run), methods=["POST"]),
         routing.Route(f"{prefix}/runs/{{name}}/stream", guarded(stream_run), methods=["GET"]),
         routing.Route(f"{prefix}/threads/{{thread_id}}/messages", guarded(thread_messages), methods=["GET"]),
+        *webview.routes(),
     ]
     app = applications.Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services
