@@ -290,6 +290,7 @@ def dev(
             f"  {kubectl} get ar -w",
             "  agentrun logs hello -f",
             f"  agentrun --gateway {gateway_url} … works too (or export AGENTRUN_GATEWAY_URL={gateway_url})",
+            f"The web view: {gateway_url}/ (runs, live streams, stop)",
             "Ctrl-C stops everything.",
         ):
             out.print(text, soft_wrap=True)

@@ -17,7 +17,7 @@ STOP = b"stop"
 
 
 async def request_stop(
-    client: aioredis.Redis, uid: str, *, ttl_seconds: int = 86_400, reason: str = "Requested"
+    client: aioredis.Redis, uid: str, *, ttl_seconds: int = 86_400, reason: str = "StopRequested"
 ) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.set(keys.stop(uid), reason, ex=ttl_seconds)

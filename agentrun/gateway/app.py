@@ -306,7 +306,7 @@ async def stop_run(request: requests.Request, s: Services, _p: auth.Principal) -
     if phases.is_terminal(phase):
         raise HTTPError(409, "finished", f'AgentRun "{name}" has already ended ({phase}); nothing to stop')
     uid = run["metadata"]["uid"]
-    await control.request_stop(s.redis_client(), uid, reason="Requested")
+    await control.request_stop(s.redis_client(), uid, reason="StopRequested")
     patched = kube.to_dict(await s.kube().patch(
         kube.AgentRun, name, {"spec": {"stop": True}}, namespace=namespace,
         patch_type=lightkube.types.PatchType.MERGE,

@@ -99,7 +99,7 @@ async def test_stop_sets_the_durable_flag_and_spec_stop(gateway: Bed, redis: Any
         assert response.status_code == 202, response.text
         assert response.json()["spec"]["stop"] is True
         assert gateway.get_run(ns, "busy")["spec"]["stop"] is True
-        assert await control.stop_requested(redis, uid) == "Requested"
+        assert await control.stop_requested(redis, uid) == "StopRequested"
         wake = await control_channel.get_message(timeout=5)
         assert wake is not None and wake["data"] == control.STOP
         await control_channel.aclose()

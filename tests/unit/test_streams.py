@@ -88,6 +88,6 @@ async def test_stream_length_is_bounded(client: aioredis.Redis) -> None:
 async def test_a_stop_request_is_durable_before_anyone_listens(client: aioredis.Redis) -> None:
     uid = str(uuid.uuid4())
     await control.request_stop(client, uid, ttl_seconds=60)
-    assert await control.stop_requested(client, uid) == "Requested"
+    assert await control.stop_requested(client, uid) == "StopRequested"
     assert 0 < await client.ttl(keys.stop(uid)) <= 60
     await client.delete(keys.stop(uid))
