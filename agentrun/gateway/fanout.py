@@ -12,6 +12,12 @@ replayed by the subscriber from Redis (``XRANGE`` after its ``Last-Event-ID``), 
 it come from the reader. Duplicates are dropped by id. A subscriber that falls behind by more
 than its queue holds, or whose reader stops without a terminal event, is told so and
 continues on its own :func:`agentrun.streams.follow` from the last id it sent.
+
+What a subscriber is handed goes into its :class:`Outbox`: a list of frames and one waiting
+writer, not an :class:`asyncio.Queue`. Handing a frame to a client is an append and, when its
+writer is idle, one future set; frames that pile up while a write is in flight leave as one
+write. At a thousand clients per event this per-client cost is what the gateway spends its CPU
+on (see docs/benchmarks.md), so it is kept to that.
 """
 
 from __future__ import annotations
@@ -27,6 +33,85 @@ import structlog
 from agentrun import streams
 
 logger = structlog.get_logger(__name__)
+
+
+class Full(Exception):
+    """The outbox holds as many frames as it may: the client reads slower than the run writes."""
+
+
+class Outbox:
+    """The frames waiting for one client's connection: many producers, one writer.
+
+    ``put_nowait`` (the shared reader) and ``put`` (a client's own replay, which may wait for
+    room) append; :meth:`take` gives the writer everything pending as one chunk. ``close``
+    marks the end: ``take`` returns None once the rest is taken. ``abort`` drops what is
+    pending (the client went away).
+    """
+
+    __slots__ = ("_events", "_frames", "_limit", "_room", "_waiter", "closed")
+
+    def __init__(self, limit: int) -> None:
+        self._frames: list[bytes] = []
+        self._events = 0
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put_nowait(self, frame: bytes, *, event: bool = True) -> None:
+        """Append ``frame`` (``event``: a run event, not a heartbeat); :class:`Full` when full."""
+        if len(self._frames) >= self._limit:
+            raise Full
+        self._frames.append(frame)
+        self._events += event
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def put(self, frame: bytes) -> None:
+        """Append ``frame``, first waiting until the writer has taken what is pending if full."""
+        while len(self._frames) >= self._limit and not self.closed:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        self.put_nowait(frame)
+
+    def close(self) -> None:
+        """No more frames: the writer ends after sending what is pending."""
+        self.closed = True
+        self._wake()
+
+    def abort(self) -> None:
+        """The connection is gone: drop what is pending and end the writer now."""
+        self._frames.clear()
+        self.close()
+
+    async def take(self) -> tuple[bytes, int] | None:
+        """Everything pending as one chunk, and how many run events it holds; None at the end."""
+        while not self._frames:
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        frames, events = self._frames, self._events
+        self._frames, self._events = [], 0
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        return (frames[0] if len(frames) == 1 else b"".join(frames)), events
+
+    def _wake(self) -> None:
+        for future in (self._waiter, self._room):
+            if future is not None and not future.done():
+                future.set_result(None)
+        self._waiter = self._room = None
+
 
 @dataclasses.dataclass(frozen=True)
 class Item:
@@ -55,7 +140,7 @@ class Subscription:
     reader stopped early or the client fell behind (its queue was full).
     """
 
-    def __init__(self, start: str, out: asyncio.Queue[bytes | None], cursor: str, *, buffer_max: int) -> None:
+    def __init__(self, start: str, out: Outbox, cursor: str, *, buffer_max: int) -> None:
         self.start = start
         """The reader's position when this subscription began: replay up to it from Redis."""
         self.out = out
@@ -97,7 +182,7 @@ class Subscription:
             return True  # already sent by the replay
         try:
             self.out.put_nowait(item.frame)
-        except asyncio.QueueFull:
+        except Full:
             self._stop(False)
             return False
         self.cursor, self._cursor_key = item.id, item.key
@@ -131,7 +216,7 @@ class Hub:
         self._readers: dict[str, _Reader] = {}
 
     def subscribe(self, uid: str, last_id: str, on_idle: Callable[[], Awaitable[bool]],
-                  out: asyncio.Queue[bytes | None]) -> Subscription:
+                  out: Outbox) -> Subscription:
         """Join the run's reader (starting it at ``last_id`` if there is none); frames go to ``out``."""
         reader = self._readers.get(uid)
         if reader is None:
