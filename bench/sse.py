@@ -1,15 +1,22 @@
 """``python -m bench sse``: one streaming run, N concurrent SSE clients through the gateway.
 
-The gateway runs as its own process (``python -m agentrun.gateway.app``, real uvicorn) against
-real Redis, the Kubernetes API emulator (in this process) and a SQLite database. This process
-writes the run's events with :class:`agentrun.streams.StreamWriter`, paced like a model
-streaming tokens, each carrying its send time; every client subtracts it from the time it
-parsed the event. Clients are minimal HTTP/1.1 readers on raw sockets (chunked decoding and
-SSE parsing only), so the client side costs as little as possible on a small machine.
+The gateway runs as its own process(es) (``python -m agentrun.gateway.app``, real uvicorn with
+uvloop and httptools; ``--gateway-procs`` sets ``AGENTRUN_GATEWAY_WORKERS``) against real Redis,
+the Kubernetes API emulator (in this process) and a SQLite database. This process writes the
+run's events with :class:`agentrun.streams.StreamWriter`, one every ``--interval-ms`` like a
+model streaming tokens, each carrying ``t``, the writer's clock just before its ``XADD``.
+Latency = the time a client has the complete event (its blank-line terminator arrived) − ``t``,
+over every event at every client. Clients are protocol callbacks on uvloop that neither decode
+chunks nor parse JSON (:class:`Client`), in ``--client-procs`` processes.
 
 First a single client on one run (the baseline), then ``--clients`` clients on another run,
-in the same gateway process. Reported: delivery latency p50/p99 of each, the gateway's RSS
-before and at the peak of the N-client phase, and a ``RESULT name=sse`` line.
+same gateway. Reported per phase: latency percentiles; the gateway's RSS (all its processes)
+at the peak; CPU — cores used on average by the gateway, the clients and the writer, and
+CPU time per delivery (one event to one client); ``gateway_cpu_wait``, the share of the time
+the gateway was ready to run but waited for a core (``/proc/PID/schedstat``: other load on the
+machine); the load average; how the kernel spread the connections over the gateway's
+processes. Then a ``RESULT name=sse`` line. On a small shared machine, read the latency
+together with ``gateway_cpu_wait`` and ``loadavg``: the CPU per delivery is the stable number.
 """
 
 from __future__ import annotations
@@ -110,10 +117,10 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+def cpu_seconds(pid: int, *, system_only: bool = False) -> float:
+    """User + system (or only system: the kernel, e.g. socket writes) CPU time of a process so far."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -136,14 +143,22 @@ async def _clients(port: int, path: str, token: str, clients: int, events: int, 
             except OSError as exc:
                 client._finish(str(exc))
         readers.extend(wave)
-        await asyncio.gather(*(c.connected for c in wave))
+        await _within(60, {c: c.connected for c in wave}, "no response head within 60 s")
     conn.send(("ready", time.process_time()))
-    await asyncio.gather(*(c.done for c in readers))
+    await _within(events * 0.5 + 120, {c: c.done for c in readers}, "no terminal event in time")
     errors = collections.Counter(r.error for r in readers if r.error)
     if errors:
         print(f"client errors: {dict(errors.most_common(3))}", file=sys.stderr)
     failed = sum(1 for r in readers if r.error or len(r.latencies) != events)
     conn.send(([v for r in readers for v in r.latencies], failed, time.process_time()))
+
+
+async def _within(seconds: float, waits: dict[Client, asyncio.Future[Any]], why: str) -> None:
+    """Wait for each client's future; those still waiting after ``seconds`` fail with ``why``."""
+    await asyncio.wait(waits.values(), timeout=seconds)
+    for client, future in waits.items():
+        if not future.done():
+            client._finish(why)
 
 
 def clients_process(port: int, path: str, token: str, clients: int, events: int, conn: Any) -> None:
@@ -188,11 +203,11 @@ def tree_rss_mib(root: int) -> float:
     return sum(rss_mib(pid) for pid in process_tree(root))
 
 
-def tree_cpu_seconds(root: int) -> float:
+def tree_cpu_seconds(root: int, *, system_only: bool = False) -> float:
     total = 0.0
     for pid in process_tree(root):
         with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
+            total += cpu_seconds(pid, system_only=system_only)
     return total
 
 
@@ -242,6 +257,7 @@ async def phase(redis: aioredis.Redis, api: lightkube.Client, port: int, token: 
     spread = sockets_per_process(gateway_pid)
     cpu_gateway, cpu_self, started = tree_cpu_seconds(gateway_pid), time.process_time(), time.monotonic()
     waited, load_before = tree_run_delay(gateway_pid), os.getloadavg()[0]
+    kernel = tree_cpu_seconds(gateway_pid, system_only=True)
     for i in range(events):
         # t: the writer's clock just before the XADD (emit hands the entry to the flusher, which
         # sends it on the next turn of this loop)
@@ -269,6 +285,9 @@ async def phase(redis: aioredis.Redis, api: lightkube.Client, port: int, token: 
         "cpu_clients": round(used_clients / elapsed, 2),
         "cpu_writer": round((time.process_time() - cpu_self) / elapsed, 2),
         "gateway_us_per_delivery": round(used_gateway / deliveries * 1e6, 1),
+        # the kernel's part of it (socket writes, loopback TCP, wake-ups)
+        "gateway_kernel_share": round((tree_cpu_seconds(gateway_pid, system_only=True) - kernel)
+                                      / max(used_gateway, 1e-9), 2),
         "clients_us_per_delivery": round(used_clients / deliveries * 1e6, 1),
         # share of the time the gateway was ready to run but waited for a core: other load
         "gateway_cpu_wait": round((tree_run_delay(gateway_pid) - waited) / elapsed, 2),
@@ -348,7 +367,8 @@ async def measure(args: argparse.Namespace) -> int:
         baseline_p99_ms=base["p99_ms"], ratio_p99=round(load["p99_ms"] / base["p99_ms"], 1),
         rss_idle_mib=round(idle_rss, 1), rss_peak_mib=round(many_rss, 1),
         cpu_gateway=many_cpu["cpu_gateway"], cpu_clients=many_cpu["cpu_clients"],
-        gateway_us_per_delivery=many_cpu["gateway_us_per_delivery"], gateway_cpu_wait=many_cpu["gateway_cpu_wait"],
+        gateway_us_per_delivery=many_cpu["gateway_us_per_delivery"],
+        gateway_kernel_share=many_cpu["gateway_kernel_share"], gateway_cpu_wait=many_cpu["gateway_cpu_wait"],
         loadavg=many_cpu["loadavg"],
         failed_clients=many_failed, target_met=load["p99_ms"] <= 20 and many_failed == 0,
     )
