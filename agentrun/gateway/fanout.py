@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -46,9 +46,15 @@ class Outbox:
     room) append; :meth:`take` gives the writer everything pending as one chunk. ``close``
     marks the end: ``take`` returns None once the rest is taken. ``abort`` drops what is
     pending (the client went away).
+
+    ``direct``, when set, writes a frame at once from the producer's task: it is used when the
+    writer is idle and nothing is pending, which is the common case of a live stream, and
+    saves waking the writer's task for every frame of every client. It returns None when the
+    write completed, or a coroutine that finishes it (the connection is applying back-pressure),
+    which the writer then awaits before anything else; if it raises, the connection is aborted.
     """
 
-    __slots__ = ("_events", "_frames", "_limit", "_room", "_waiter", "closed")
+    __slots__ = ("_events", "_frames", "_handed", "_limit", "_room", "_waiter", "closed", "direct")
 
     def __init__(self, limit: int) -> None:
         self._frames: list[bytes] = []
@@ -56,18 +62,35 @@ class Outbox:
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
+        self._handed: Coroutine[Any, Any, None] | None = None
         self.closed = False
+        self.direct: Callable[[bytes, bool], Coroutine[Any, Any, None] | None] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
 
     def put_nowait(self, frame: bytes, *, event: bool = True) -> None:
-        """Append ``frame`` (``event``: a run event, not a heartbeat); :class:`Full` when full."""
+        """Send or append ``frame`` (``event``: a run event, not a heartbeat); :class:`Full` when full."""
         if len(self._frames) >= self._limit:
             raise Full
+        waiter = self._waiter
+        if waiter is not None and self.direct is not None and not self.closed:
+            self._waiter = None  # the writer is idle: nothing pending, nothing being written
+            try:
+                rest = self.direct(frame, event)
+            except Exception:
+                self._waiter = waiter
+                self.abort()
+                return
+            if rest is None:
+                self._waiter = waiter
+            else:
+                self._handed = rest
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
         self._frames.append(frame)
         self._events += event
-        waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
@@ -88,11 +111,19 @@ class Outbox:
     def abort(self) -> None:
         """The connection is gone: drop what is pending and end the writer now."""
         self._frames.clear()
+        if self._handed is not None:
+            self._handed.close()
+            self._handed = None
         self.close()
 
     async def take(self) -> tuple[bytes, int] | None:
         """Everything pending as one chunk, and how many run events it holds; None at the end."""
-        while not self._frames:
+        while True:
+            if self._handed is not None:
+                rest, self._handed = self._handed, None
+                await rest  # a direct write that had to wait: it goes out before anything else
+            if self._frames:
+                break
             if self.closed:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()

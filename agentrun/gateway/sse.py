@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -113,8 +115,31 @@ class EventStream(responses.Response):
         heartbeat = self.heartbeat_seconds
         timer: asyncio.TimerHandle | None = None
 
+        unreported = 0  # events written directly, not yet counted in the metric
+
+        def send_now(data: bytes, event: bool) -> Coroutine[Any, Any, None] | None:
+            """Write from the producer's task; what remains if the write has to wait."""
+            nonlocal last_sent, unreported
+            started = send({"type": "http.response.body", "body": data, "more_body": True})
+            coro = started if inspect.iscoroutine(started) else _awaited(started)
+            try:
+                blocker = coro.send(None)
+            except StopIteration:
+                last_sent = loop.time()
+                unreported += event
+                return None
+            unreported += event
+            return _resumed(coro, blocker)
+
+        def report() -> None:
+            nonlocal unreported
+            if unreported:
+                self.on_events(unreported)
+                unreported = 0
+
         def tick() -> None:
             nonlocal timer
+            report()
             due = last_sent + heartbeat - loop.time()
             if due <= 0.001:
                 if not len(outbox) and not outbox.closed:  # data waiting is as good as a ping
@@ -123,6 +148,7 @@ class EventStream(responses.Response):
             timer = loop.call_later(due, tick)
 
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        outbox.direct = send_now
         self.connected(1)
         producer = loop.create_task(_produce(self.source, self.last_id, outbox))
         gone = loop.create_task(_disconnected(receive))
@@ -140,12 +166,37 @@ class EventStream(responses.Response):
         except OSError:
             pass  # the client went away mid-write (servers on ASGI spec 2.4 raise it)
         finally:
+            outbox.direct = None
             if timer is not None:
                 timer.cancel()
+            report()
             self.connected(-1)
             for task in (gone, producer):
                 task.cancel()
             await asyncio.gather(gone, producer, return_exceptions=True)
+
+
+async def _awaited(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, None], blocker: Any) -> Generator[Any, Any, None]:
+    """The rest of ``coro``, which suspended on ``blocker`` in another task: awaiting this
+    resumes it in the awaiting task, passing results and exceptions (cancellation) through."""
+    while True:
+        try:
+            value = yield blocker
+        except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as await would
+            try:
+                blocker = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            blocker = coro.send(value)
+        except StopIteration:
+            return
 
 
 async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:

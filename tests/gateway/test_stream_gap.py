@@ -105,3 +105,4 @@ async def _next_event(items: AsyncIterator[Event | str]) -> Event:
         if isinstance(item, Event):
             return item
     raise AssertionError("the stream ended")
+
