@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from agentrun import streams
+from agentrun import keys, streams
 
 logger = structlog.get_logger(__name__)
 
@@ -64,20 +64,20 @@ class Outbox:
         self._room: asyncio.Future[None] | None = None
         self._handed: Coroutine[Any, Any, None] | None = None
         self.closed = False
-        self.direct: Callable[[bytes, bool], Coroutine[Any, Any, None] | None] | None = None
+        self.direct: Callable[[bytes, int], Coroutine[Any, Any, None] | None] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put_nowait(self, frame: bytes, *, event: bool = True) -> None:
-        """Send or append ``frame`` (``event``: a run event, not a heartbeat); :class:`Full` when full."""
+    def put_nowait(self, frame: bytes, *, events: int = 1) -> None:
+        """Send or append ``frame`` holding ``events`` run events (0: a heartbeat); :class:`Full` when full."""
         if len(self._frames) >= self._limit:
             raise Full
         waiter = self._waiter
         if waiter is not None and self.direct is not None and not self.closed:
             self._waiter = None  # the writer is idle: nothing pending, nothing being written
             try:
-                rest = self.direct(frame, event)
+                rest = self.direct(frame, events)
             except Exception:
                 self._waiter = waiter
                 self.abort()
@@ -90,7 +90,7 @@ class Outbox:
                     waiter.set_result(None)
             return
         self._frames.append(frame)
-        self._events += event
+        self._events += events
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
@@ -186,38 +186,46 @@ class Subscription:
         """Record that the client sent ``entry_id`` itself (during the replay)."""
         self.cursor, self._cursor_key = entry_id, entry_key(entry_id)
 
-    def offer(self, item: Item) -> bool:
-        """Take an entry from the reader; False once this subscription wants no more."""
+    def offer(self, items: list[Item], joined: bytes) -> bool:
+        """Take a batch of entries (``joined``: their frames) from the reader; False once this
+        subscription wants no more."""
         if self.stopped.done():
             return False
         if self._buffer is not None:
-            self._buffer.append(item)
+            self._buffer.extend(items)
             if len(self._buffer) > self._buffer_max:
                 self._stop(False)
                 return False
             return True
-        return self._deliver(item)
+        return self._deliver(items, joined)
 
     def go_live(self) -> None:
         """The replay is done: send what was buffered, then take entries as they come."""
         buffered, self._buffer = self._buffer or [], None
-        for item in buffered:
-            if not self._deliver(item):
-                return
+        if buffered:
+            self._deliver(buffered, None)
 
     def end(self) -> None:
         self._stop(False)
 
-    def _deliver(self, item: Item) -> bool:
-        if item.key <= self._cursor_key:
-            return True  # already sent by the replay
+    def _deliver(self, items: list[Item], joined: bytes | None) -> bool:
+        """Put the entries this client has not sent yet into its outbox, as one chunk."""
+        if items[-1].key <= self._cursor_key:
+            return True  # all already sent by the replay
+        if items[0].key > self._cursor_key:
+            fresh = items
+        else:
+            fresh, joined = [item for item in items if item.key > self._cursor_key], None
+        if joined is None:
+            joined = fresh[0].frame if len(fresh) == 1 else b"".join(item.frame for item in fresh)
         try:
-            self.out.put_nowait(item.frame)
+            self.out.put_nowait(joined, events=len(fresh))
         except Full:
             self._stop(False)
             return False
-        self.cursor, self._cursor_key = item.id, item.key
-        if item.terminal:
+        last = fresh[-1]
+        self.cursor, self._cursor_key = last.id, last.key
+        if last.terminal:
             self._stop(True)
             return False
         return True
@@ -273,16 +281,35 @@ class Hub:
         async def still_wanted() -> bool:
             return bool(reader.subscribers) and await reader.on_idle()
 
+        key = keys.stream(uid)
         try:
-            async for entry_id, event in streams.follow(self._redis, uid, last_id=reader.cursor,
-                                                        block_ms=self._block_ms, on_idle=still_wanted):
-                reader.cursor = entry_id
-                item = Item(entry_id, entry_key(entry_id), event, self._encode(entry_id, event),
-                            streams.is_terminal(event))
+            while True:
+                # streams.follow's loop, by batch: what one XREAD returns goes to each client as
+                # one chunk (one write), so a gateway that fell behind catches up in fewer writes
+                response: Any = await self._redis.xread({key: reader.cursor}, count=500, block=self._block_ms)
+                if not response:
+                    if not await still_wanted():
+                        break
+                    continue
+                items: list[Item] = []
+                for _stream, entries in response:
+                    for raw_id, fields in entries:
+                        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                        event = streams.decode(fields)
+                        items.append(Item(entry_id, entry_key(entry_id), event, self._encode(entry_id, event),
+                                          streams.is_terminal(event)))
+                        if items[-1].terminal:
+                            break
+                if not items:
+                    continue
+                # No await from here to the end of the batch: a client that subscribes sees
+                # the cursor of a batch every subscriber already has.
+                reader.cursor = items[-1].id
+                joined = items[0].frame if len(items) == 1 else b"".join(item.frame for item in items)
                 for subscription in list(reader.subscribers):
-                    if not subscription.offer(item):
+                    if not subscription.offer(items, joined):
                         reader.subscribers.discard(subscription)
-                if not reader.subscribers:
+                if not reader.subscribers or items[-1].terminal:
                     break
         except asyncio.CancelledError:
             raise

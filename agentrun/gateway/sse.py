@@ -117,7 +117,7 @@ class EventStream(responses.Response):
 
         unreported = 0  # events written directly, not yet counted in the metric
 
-        def send_now(data: bytes, event: bool) -> Coroutine[Any, Any, None] | None:
+        def send_now(data: bytes, events: int) -> Coroutine[Any, Any, None] | None:
             """Write from the producer's task; what remains if the write has to wait."""
             nonlocal last_sent, unreported
             started = send({"type": "http.response.body", "body": data, "more_body": True})
@@ -126,9 +126,9 @@ class EventStream(responses.Response):
                 blocker = coro.send(None)
             except StopIteration:
                 last_sent = loop.time()
-                unreported += event
+                unreported += events
                 return None
-            unreported += event
+            unreported += events
             return _resumed(coro, blocker)
 
         def report() -> None:
@@ -143,7 +143,7 @@ class EventStream(responses.Response):
             due = last_sent + heartbeat - loop.time()
             if due <= 0.001:
                 if not len(outbox) and not outbox.closed:  # data waiting is as good as a ping
-                    outbox.put_nowait(PING, event=False)
+                    outbox.put_nowait(PING, events=0)
                 due = heartbeat
             timer = loop.call_later(due, tick)
 
