@@ -13,11 +13,12 @@ it come from the reader. Duplicates are dropped by id. A subscriber that falls b
 than its queue holds, or whose reader stops without a terminal event, is told so and
 continues on its own :func:`agentrun.streams.follow` from the last id it sent.
 
-What a subscriber is handed goes into its :class:`Outbox`: a list of frames and one waiting
-writer, not an :class:`asyncio.Queue`. Handing a frame to a client is an append and, when its
-writer is idle, one future set; frames that pile up while a write is in flight leave as one
-write. At a thousand clients per event this per-client cost is what the gateway spends its CPU
-on (see docs/benchmarks.md), so it is kept to that.
+The reader reads ``XREAD`` batches and hands each subscriber a whole batch, its frames joined
+once, as one chunk: a gateway that fell behind during a burst catches up in one write per
+client instead of one per entry. The chunk goes to the subscriber's :class:`Outbox`, which
+writes it at once from the reader's task when the client's connection is idle (see
+:class:`Outbox`), else keeps it for the client's own writer. At a thousand clients per event
+this per-client path is what the gateway spends its CPU on (docs/benchmarks.md).
 """
 
 from __future__ import annotations

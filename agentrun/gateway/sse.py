@@ -81,9 +81,11 @@ class EventStream(responses.Response):
 
     A plain ASGI response rather than a ``StreamingResponse`` over an async generator: with a
     thousand clients on one run, every layer between "the shared reader has a frame" and "the
-    socket write" is paid a thousand times per event. Here a frame goes from the reader into
-    the client's :class:`~agentrun.gateway.fanout.Outbox` (an append), and this response's
-    task sends whatever is pending as one ``http.response.body`` message.
+    socket write" is paid a thousand times per event. Here the reader's chunk goes to the
+    client's :class:`~agentrun.gateway.fanout.Outbox`: when this response's task is idle the
+    outbox writes it at once through ``send_now`` (the ASGI ``send`` driven from the reader's
+    task; a write that has to wait is finished by this task), else this task sends whatever
+    is pending as one ``http.response.body`` message.
 
     Besides that task, a client has a producer task (its replay from Redis, then waiting on
     the shared reader, or following Redis on its own) and a task waiting for the disconnect;
