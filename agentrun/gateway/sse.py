@@ -1,11 +1,13 @@
 """Server-Sent Events for a run: framing, resume, heartbeat and the database fallback.
 
-:func:`run_events` is what ``GET /v1/namespaces/{ns}/runs/{name}/stream`` (in
-:mod:`agentrun.gateway.app`) streams. Each stream entry becomes one SSE event whose ``id:``
-is the Redis entry id, ``event:`` the event type and ``data:`` the event as one line of
-JSON. Reading goes through :func:`agentrun.streams.follow` from the client's
-``Last-Event-ID``, so replay and live reading are one cursor: no gap, no duplicate. The
-terminal ``status`` event ends the response.
+:class:`EventStream` is the response of ``GET /v1/namespaces/{ns}/runs/{name}/stream`` (in
+:mod:`agentrun.gateway.app`). Each stream entry becomes one SSE event whose ``id:`` is the
+Redis entry id, ``event:`` the event type and ``data:`` the event as one line of JSON. A
+client replays from its ``Last-Event-ID`` and then takes the run's shared reader
+(:mod:`agentrun.gateway.fanout`) from where the replay ended, or follows Redis on its own
+(:func:`agentrun.streams.follow`): no gap, no duplicate. The terminal ``status`` event ends
+the response. A ``Last-Event-ID`` older than what the capped stream still holds gets a
+``gap`` event first (:mod:`agentrun.gateway.gap`).
 
 When the run's stream is gone (its keys expired after the run ended), the client gets an
 ``expired`` event and then the record from the database: a ``run`` event with the final
