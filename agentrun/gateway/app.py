@@ -338,20 +338,9 @@ async def stream_run(request: requests.Request, s: Services, _p: auth.Principal)
 
     source = sse.Source(redis=s.redis_client(), store=s.db(), uid=uid, run_status=run_status,
                         block_ms=s.settings.redis_block_ms, hub=s.hub)
-
-    async def body() -> AsyncIterator[bytes]:
-        s.metrics.streams.inc()
-        try:
-            async for chunk in sse.run_events(source, last_id=last_id, heartbeat_seconds=s.settings.heartbeat_seconds,
-                                              buffer=s.settings.stream_buffer_events,
-                                              on_event=s.metrics.events.inc):
-                yield chunk
-        finally:
-            s.metrics.streams.dec()
-
-    return responses.StreamingResponse(body(), media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive",
-    })
+    return sse.EventStream(source, last_id=last_id, heartbeat_seconds=s.settings.heartbeat_seconds,
+                           buffer=s.settings.stream_buffer_events, on_events=s.metrics.events.inc,
+                           connected=s.metrics.streams.inc)
 
 
 async def thread_messages(request: requests.Request, s: Services, _p: auth.Principal) -> responses.Response:
@@ -413,8 +402,20 @@ def serve(*, host: str | None = None, port: int | None = None) -> None:
     base = settings.load()
     log.configure(base.log_level, base.log_format)
     cfg = config.load()
-    uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port, log_level=base.log_level.lower(),
-                proxy_headers=True, access_log=False, timeout_graceful_shutdown=5)
+    options: dict[str, Any] = {"host": host or cfg.host, "port": port or cfg.port, "proxy_headers": True,
+                               "log_level": base.log_level.lower(), "access_log": False,
+                               "timeout_graceful_shutdown": 5}
+    if cfg.workers > 1:  # uvicorn's supervisor; each process builds its own app (and shared readers)
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=cfg.workers, **options)
+    else:
+        uvicorn.run(create_app(cfg), **options)
+
+
+def worker_app() -> applications.Starlette:
+    """The app of one of several gateway processes (``AGENTRUN_GATEWAY_WORKERS``)."""
+    base = settings.load()
+    log.configure(base.log_level, base.log_format)
+    return create_app()
 
 
 def main() -> None:

@@ -77,6 +77,13 @@ class GatewaySettings(BaseSettings):
     """Idle time after which an SSE stream gets a ``: ping`` comment. 15 s: below the 30-60 s
     idle timeouts of common proxies and load balancers, rare enough to cost nothing."""
 
+    workers: int = Field(default=1, ge=1, le=64)
+    """Gateway processes on one port (uvicorn's ``--workers``). A process uses one core; an
+    event delivered to a thousand SSE clients costs it about 10 ms of CPU (docs/benchmarks.md),
+    so a pod serving many clients of fast-streaming runs wants one process per core it has.
+    Each process has its own shared reader per run: clients are divided, Redis reads are not
+    (one ``XREAD`` per run per process)."""
+
     redis_block_ms: int = 5_000
     """How long one ``XREAD BLOCK`` waits before the gateway checks whether a silent run
     ended without a terminal event or lost its stream."""

@@ -12,21 +12,138 @@ replayed by the subscriber from Redis (``XRANGE`` after its ``Last-Event-ID``), 
 it come from the reader. Duplicates are dropped by id. A subscriber that falls behind by more
 than its queue holds, or whose reader stops without a terminal event, is told so and
 continues on its own :func:`agentrun.streams.follow` from the last id it sent.
+
+The reader reads ``XREAD`` batches and hands each subscriber a whole batch, its frames joined
+once, as one chunk: a gateway that fell behind during a burst catches up in one write per
+client instead of one per entry. The chunk goes to the subscriber's :class:`Outbox`, which
+writes it at once from the reader's task when the client's connection is idle (see
+:class:`Outbox`), else keeps it for the client's own writer. At a thousand clients per event
+this per-client path is what the gateway spends its CPU on (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
-from agentrun import streams
+from agentrun import keys, streams
 
 logger = structlog.get_logger(__name__)
+
+
+class Full(Exception):
+    """The outbox holds as many frames as it may: the client reads slower than the run writes."""
+
+
+class Outbox:
+    """The frames waiting for one client's connection: many producers, one writer.
+
+    ``put_nowait`` (the shared reader) and ``put`` (a client's own replay, which may wait for
+    room) append; :meth:`take` gives the writer everything pending as one chunk. ``close``
+    marks the end: ``take`` returns None once the rest is taken. ``abort`` drops what is
+    pending (the client went away).
+
+    ``direct``, when set, writes a frame at once from the producer's task: it is used when the
+    writer is idle and nothing is pending, which is the common case of a live stream, and
+    saves waking the writer's task for every frame of every client. It returns None when the
+    write completed, or a coroutine that finishes it (the connection is applying back-pressure),
+    which the writer then awaits before anything else; if it raises, the connection is aborted.
+    """
+
+    __slots__ = ("_events", "_frames", "_handed", "_limit", "_room", "_waiter", "closed", "direct")
+
+    def __init__(self, limit: int) -> None:
+        self._frames: list[bytes] = []
+        self._events = 0
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._handed: Coroutine[Any, Any, None] | None = None
+        self.closed = False
+        self.direct: Callable[[bytes, int], Coroutine[Any, Any, None] | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put_nowait(self, frame: bytes, *, events: int = 1) -> None:
+        """Send or append ``frame`` holding ``events`` run events (0: a heartbeat); :class:`Full` when full."""
+        if len(self._frames) >= self._limit:
+            raise Full
+        waiter = self._waiter
+        if waiter is not None and self.direct is not None and not self.closed:
+            self._waiter = None  # the writer is idle: nothing pending, nothing being written
+            try:
+                rest = self.direct(frame, events)
+            except Exception:
+                self._waiter = waiter
+                self.abort()
+                return
+            if rest is None:
+                self._waiter = waiter
+            else:
+                self._handed = rest
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        self._frames.append(frame)
+        self._events += events
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def put(self, frame: bytes) -> None:
+        """Append ``frame``, first waiting until the writer has taken what is pending if full."""
+        while len(self._frames) >= self._limit and not self.closed:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        self.put_nowait(frame)
+
+    def close(self) -> None:
+        """No more frames: the writer ends after sending what is pending."""
+        self.closed = True
+        self._wake()
+
+    def abort(self) -> None:
+        """The connection is gone: drop what is pending and end the writer now."""
+        self._frames.clear()
+        if self._handed is not None:
+            self._handed.close()
+            self._handed = None
+        self.close()
+
+    async def take(self) -> tuple[bytes, int] | None:
+        """Everything pending as one chunk, and how many run events it holds; None at the end."""
+        while True:
+            if self._handed is not None:
+                rest, self._handed = self._handed, None
+                await rest  # a direct write that had to wait: it goes out before anything else
+            if self._frames:
+                break
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        frames, events = self._frames, self._events
+        self._frames, self._events = [], 0
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        return (frames[0] if len(frames) == 1 else b"".join(frames)), events
+
+    def _wake(self) -> None:
+        for future in (self._waiter, self._room):
+            if future is not None and not future.done():
+                future.set_result(None)
+        self._waiter = self._room = None
+
 
 @dataclasses.dataclass(frozen=True)
 class Item:
@@ -55,7 +172,7 @@ class Subscription:
     reader stopped early or the client fell behind (its queue was full).
     """
 
-    def __init__(self, start: str, out: asyncio.Queue[bytes | None], cursor: str, *, buffer_max: int) -> None:
+    def __init__(self, start: str, out: Outbox, cursor: str, *, buffer_max: int) -> None:
         self.start = start
         """The reader's position when this subscription began: replay up to it from Redis."""
         self.out = out
@@ -70,38 +187,46 @@ class Subscription:
         """Record that the client sent ``entry_id`` itself (during the replay)."""
         self.cursor, self._cursor_key = entry_id, entry_key(entry_id)
 
-    def offer(self, item: Item) -> bool:
-        """Take an entry from the reader; False once this subscription wants no more."""
+    def offer(self, items: list[Item], joined: bytes) -> bool:
+        """Take a batch of entries (``joined``: their frames) from the reader; False once this
+        subscription wants no more."""
         if self.stopped.done():
             return False
         if self._buffer is not None:
-            self._buffer.append(item)
+            self._buffer.extend(items)
             if len(self._buffer) > self._buffer_max:
                 self._stop(False)
                 return False
             return True
-        return self._deliver(item)
+        return self._deliver(items, joined)
 
     def go_live(self) -> None:
         """The replay is done: send what was buffered, then take entries as they come."""
         buffered, self._buffer = self._buffer or [], None
-        for item in buffered:
-            if not self._deliver(item):
-                return
+        if buffered:
+            self._deliver(buffered, None)
 
     def end(self) -> None:
         self._stop(False)
 
-    def _deliver(self, item: Item) -> bool:
-        if item.key <= self._cursor_key:
-            return True  # already sent by the replay
+    def _deliver(self, items: list[Item], joined: bytes | None) -> bool:
+        """Put the entries this client has not sent yet into its outbox, as one chunk."""
+        if items[-1].key <= self._cursor_key:
+            return True  # all already sent by the replay
+        if items[0].key > self._cursor_key:
+            fresh = items
+        else:
+            fresh, joined = [item for item in items if item.key > self._cursor_key], None
+        if joined is None:
+            joined = fresh[0].frame if len(fresh) == 1 else b"".join(item.frame for item in fresh)
         try:
-            self.out.put_nowait(item.frame)
-        except asyncio.QueueFull:
+            self.out.put_nowait(joined, events=len(fresh))
+        except Full:
             self._stop(False)
             return False
-        self.cursor, self._cursor_key = item.id, item.key
-        if item.terminal:
+        last = fresh[-1]
+        self.cursor, self._cursor_key = last.id, last.key
+        if last.terminal:
             self._stop(True)
             return False
         return True
@@ -131,7 +256,7 @@ class Hub:
         self._readers: dict[str, _Reader] = {}
 
     def subscribe(self, uid: str, last_id: str, on_idle: Callable[[], Awaitable[bool]],
-                  out: asyncio.Queue[bytes | None]) -> Subscription:
+                  out: Outbox) -> Subscription:
         """Join the run's reader (starting it at ``last_id`` if there is none); frames go to ``out``."""
         reader = self._readers.get(uid)
         if reader is None:
@@ -157,16 +282,35 @@ class Hub:
         async def still_wanted() -> bool:
             return bool(reader.subscribers) and await reader.on_idle()
 
+        key = keys.stream(uid)
         try:
-            async for entry_id, event in streams.follow(self._redis, uid, last_id=reader.cursor,
-                                                        block_ms=self._block_ms, on_idle=still_wanted):
-                reader.cursor = entry_id
-                item = Item(entry_id, entry_key(entry_id), event, self._encode(entry_id, event),
-                            streams.is_terminal(event))
+            while True:
+                # streams.follow's loop, by batch: what one XREAD returns goes to each client as
+                # one chunk (one write), so a gateway that fell behind catches up in fewer writes
+                response: Any = await self._redis.xread({key: reader.cursor}, count=500, block=self._block_ms)
+                if not response:
+                    if not await still_wanted():
+                        break
+                    continue
+                items: list[Item] = []
+                for _stream, entries in response:
+                    for raw_id, fields in entries:
+                        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                        event = streams.decode(fields)
+                        items.append(Item(entry_id, entry_key(entry_id), event, self._encode(entry_id, event),
+                                          streams.is_terminal(event)))
+                        if items[-1].terminal:
+                            break
+                if not items:
+                    continue
+                # No await from here to the end of the batch: a client that subscribes sees
+                # the cursor of a batch every subscriber already has.
+                reader.cursor = items[-1].id
+                joined = items[0].frame if len(items) == 1 else b"".join(item.frame for item in items)
                 for subscription in list(reader.subscribers):
-                    if not subscription.offer(item):
+                    if not subscription.offer(items, joined):
                         reader.subscribers.discard(subscription)
-                if not reader.subscribers:
+                if not reader.subscribers or items[-1].terminal:
                     break
         except asyncio.CancelledError:
             raise

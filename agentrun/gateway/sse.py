@@ -1,11 +1,13 @@
 """Server-Sent Events for a run: framing, resume, heartbeat and the database fallback.
 
-:func:`run_events` is what ``GET /v1/namespaces/{ns}/runs/{name}/stream`` (in
-:mod:`agentrun.gateway.app`) streams. Each stream entry becomes one SSE event whose ``id:``
-is the Redis entry id, ``event:`` the event type and ``data:`` the event as one line of
-JSON. Reading goes through :func:`agentrun.streams.follow` from the client's
-``Last-Event-ID``, so replay and live reading are one cursor: no gap, no duplicate. The
-terminal ``status`` event ends the response.
+:class:`EventStream` is the response of ``GET /v1/namespaces/{ns}/runs/{name}/stream`` (in
+:mod:`agentrun.gateway.app`). Each stream entry becomes one SSE event whose ``id:`` is the
+Redis entry id, ``event:`` the event type and ``data:`` the event as one line of JSON. A
+client replays from its ``Last-Event-ID`` and then takes the run's shared reader
+(:mod:`agentrun.gateway.fanout`) from where the replay ended, or follows Redis on its own
+(:func:`agentrun.streams.follow`): no gap, no duplicate. The terminal ``status`` event ends
+the response. A ``Last-Event-ID`` older than what the capped stream still holds gets a
+``gap`` event first (:mod:`agentrun.gateway.gap`).
 
 When the run's stream is gone (its keys expired after the run ended), the client gets an
 ``expired`` event and then the record from the database: a ``run`` event with the final
@@ -18,23 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from starlette import responses
 
 from agentrun import keys, phases, store, streams
-from agentrun.gateway import fanout
+from agentrun.gateway import fanout, gap
 
 logger = structlog.get_logger(__name__)
 
 PING = b": ping\n\n"
-MAX_BATCH = 64
-"""Most frames sent in one write when a client's queue has piled up."""
 EXPIRED = "expired"
+GAP = gap.GAP
 RUN = "run"
 ERROR = "error"
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -74,74 +78,150 @@ def entry_frame(entry_id: str, event: dict[str, Any]) -> bytes:
     return frame(str(event.get("type") or "event"), event, event_id=entry_id)
 
 
-async def run_events(
-    source: Source,
-    *,
-    last_id: str,
-    heartbeat_seconds: float,
-    buffer: int = 1024,
-    on_event: Callable[[], None] = lambda: None,
-) -> AsyncIterator[bytes]:
-    """SSE frames of a run from ``last_id`` to its terminal event, with ``: ping`` when idle.
+class EventStream(responses.Response):
+    """The SSE response of one client: frames of a run from ``last_id`` to its terminal event.
 
-    A producer task reads the run and queues frames; this generator sends them. A timer task
-    queues a ping comment whenever ``heartbeat_seconds`` passed since the last frame sent.
-    Both tasks are cancelled when the client goes away.
+    A plain ASGI response rather than a ``StreamingResponse`` over an async generator: with a
+    thousand clients on one run, every layer between "the shared reader has a frame" and "the
+    socket write" is paid a thousand times per event. Here the reader's chunk goes to the
+    client's :class:`~agentrun.gateway.fanout.Outbox`: when this response's task is idle the
+    outbox writes it at once through ``send_now`` (the ASGI ``send`` driven from the reader's
+    task; a write that has to wait is finished by this task), else this task sends whatever
+    is pending as one ``http.response.body`` message.
+
+    Besides that task, a client has a producer task (its replay from Redis, then waiting on
+    the shared reader, or following Redis on its own) and a task waiting for the disconnect;
+    both idle while the run streams. The heartbeat is a timer handle, not a task: when it
+    fires and nothing was sent for ``heartbeat_seconds``, a ``: ping`` comment goes out.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=buffer)
-    last_sent = loop.time()
 
-    async def heartbeat() -> None:
-        while True:
-            delay = last_sent + heartbeat_seconds - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif queue.empty():  # data waiting is as good as a ping
-                queue.put_nowait(PING)
-                await asyncio.sleep(heartbeat_seconds)
-            else:
-                await asyncio.sleep(heartbeat_seconds)
+    media_type = "text/event-stream"
 
-    producer = loop.create_task(_produce(source, last_id, queue))
-    timer = loop.create_task(heartbeat())
-    try:
-        done = False
-        while not done:
-            item = await queue.get()
-            batch: list[bytes] = []
-            # What piled up while the last write was in flight goes out as one write.
-            while item is not None:
-                batch.append(item)
-                if item is not PING:
-                    on_event()
-                if queue.empty() or len(batch) >= MAX_BATCH:
-                    break
-                item = queue.get_nowait()
-            done = item is None
-            if batch:
+    def __init__(self, source: Source, *, last_id: str, heartbeat_seconds: float, buffer: int = 1024,
+                 on_events: Callable[[int], object] = lambda n: None,
+                 connected: Callable[[int], object] = lambda delta: None) -> None:
+        # As StreamingResponse does: no body, so no Content-Length header.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"})
+        self.source = source
+        self.last_id = last_id
+        self.heartbeat_seconds = heartbeat_seconds
+        self.buffer = buffer
+        self.on_events = on_events
+        self.connected = connected
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        outbox = fanout.Outbox(self.buffer)
+        last_sent = loop.time()
+        heartbeat = self.heartbeat_seconds
+        timer: asyncio.TimerHandle | None = None
+
+        unreported = 0  # events written directly, not yet counted in the metric
+
+        def send_now(data: bytes, events: int) -> Coroutine[Any, Any, None] | None:
+            """Write from the producer's task; what remains if the write has to wait."""
+            nonlocal last_sent, unreported
+            started = send({"type": "http.response.body", "body": data, "more_body": True})
+            coro = started if inspect.iscoroutine(started) else _awaited(started)
+            try:
+                blocker = coro.send(None)
+            except StopIteration:
                 last_sent = loop.time()
-                yield b"".join(batch)
-    finally:
-        for task in (timer, producer):
-            task.cancel()
-        await asyncio.gather(timer, producer, return_exceptions=True)
+                unreported += events
+                return None
+            unreported += events
+            return _resumed(coro, blocker)
+
+        def report() -> None:
+            nonlocal unreported
+            if unreported:
+                self.on_events(unreported)
+                unreported = 0
+
+        def tick() -> None:
+            nonlocal timer
+            report()
+            due = last_sent + heartbeat - loop.time()
+            if due <= 0.001:
+                if not len(outbox) and not outbox.closed:  # data waiting is as good as a ping
+                    outbox.put_nowait(PING, events=0)
+                due = heartbeat
+            timer = loop.call_later(due, tick)
+
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        outbox.direct = send_now
+        self.connected(1)
+        producer = loop.create_task(_produce(self.source, self.last_id, outbox))
+        gone = loop.create_task(_disconnected(receive))
+        gone.add_done_callback(lambda _: outbox.abort())
+        timer = loop.call_later(heartbeat, tick)
+        try:
+            while (chunk := await outbox.take()) is not None:
+                data, events = chunk
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                last_sent = loop.time()
+                if events:
+                    self.on_events(events)
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-write (servers on ASGI spec 2.4 raise it)
+        finally:
+            outbox.direct = None
+            if timer is not None:
+                timer.cancel()
+            report()
+            self.connected(-1)
+            for task in (gone, producer):
+                task.cancel()
+            await asyncio.gather(gone, producer, return_exceptions=True)
 
 
-async def _produce(source: Source, last_id: str, queue: asyncio.Queue[bytes | None]) -> None:
+async def _awaited(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, None], blocker: Any) -> Generator[Any, Any, None]:
+    """The rest of ``coro``, which suspended on ``blocker`` in another task: awaiting this
+    resumes it in the awaiting task, passing results and exceptions (cancellation) through."""
+    while True:
+        try:
+            value = yield blocker
+        except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as await would
+            try:
+                blocker = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            blocker = coro.send(value)
+        except StopIteration:
+            return
+
+
+async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _produce(source: Source, last_id: str, outbox: fanout.Outbox) -> None:
     try:
-        await _read(source, last_id, queue)
+        await _read(source, last_id, outbox)
     except asyncio.CancelledError:
-        raise  # the client went away: nobody waits for the end marker
+        raise  # the client went away: nobody waits for the end
     except Exception:
         logger.exception("gateway.stream_failed", run_id=source.uid)
         # Say so rather than end as if the run were over: the client reconnects with its
         # Last-Event-ID and loses nothing.
-        await queue.put(frame(ERROR, {"type": ERROR, "message": "the gateway lost the stream; reconnect"}))
-    await queue.put(None)
+        await outbox.put(frame(ERROR, {"type": ERROR, "message": "the gateway lost the stream; reconnect"}))
+    outbox.close()
 
 
-async def _read(source: Source, last_id: str, queue: asyncio.Queue[bytes | None]) -> None:
+async def _read(source: Source, last_id: str, outbox: fanout.Outbox) -> None:
     """Queue the run's frames: the stream from ``last_id``, or the database when it expired."""
     key = keys.stream(source.uid)
     if not await source.redis.exists(key):
@@ -149,8 +229,12 @@ async def _read(source: Source, last_id: str, queue: asyncio.Queue[bytes | None]
         if status is None:
             return
         if phases.is_terminal(status.get("phase")):
-            await _from_database(source, status, queue)
+            await _from_database(source, status, outbox)
             return
+    else:
+        missing = await gap.check(source.redis, key, last_id)
+        if missing is not None:
+            await outbox.put(frame(GAP, {"type": GAP, **missing}))
     ended = False  # the run ended (or vanished) without a terminal event in its stream
     state: dict[str, Any] = {}
 
@@ -165,24 +249,24 @@ async def _read(source: Source, last_id: str, queue: asyncio.Queue[bytes | None]
 
     cursor = last_id
     if source.hub is not None:
-        cursor, finished = await _shared(source, last_id, queue, still_going)
+        cursor, finished = await _shared(source, last_id, outbox, still_going)
         if finished:
             return
     async for entry_id, event in streams.follow(
         source.redis, source.uid, last_id=cursor, block_ms=source.block_ms, on_idle=still_going
     ):
-        await queue.put(entry_frame(entry_id, event))
+        await outbox.put(entry_frame(entry_id, event))
     if ended:
         final = state.get("status")
         if final is None:
-            await queue.put(frame(streams.STATUS, {"type": streams.STATUS, "status": "deleted"}))
+            await outbox.put(frame(streams.STATUS, {"type": streams.STATUS, "status": "deleted"}))
         elif not await source.redis.exists(key):
-            await _from_database(source, final, queue)
+            await _from_database(source, final, outbox)
         else:
-            await queue.put(frame(streams.STATUS, _status_event(final, source="resource")))
+            await outbox.put(frame(streams.STATUS, _status_event(final, source="resource")))
 
 
-async def _shared(source: Source, last_id: str, queue: asyncio.Queue[bytes | None],
+async def _shared(source: Source, last_id: str, outbox: fanout.Outbox,
                   on_idle: Callable[[], Awaitable[bool]]) -> tuple[str, bool]:
     """Send entries through the run's shared reader; (the last id sent, whether it was terminal).
 
@@ -190,7 +274,7 @@ async def _shared(source: Source, last_id: str, queue: asyncio.Queue[bytes | Non
     follows Redis on its own from the returned id.
     """
     assert source.hub is not None
-    subscription = source.hub.subscribe(source.uid, last_id, on_idle, queue)
+    subscription = source.hub.subscribe(source.uid, last_id, on_idle, outbox)
     try:
         if fanout.entry_key(subscription.start) > fanout.entry_key(last_id):
             entries: Any = await source.redis.xrange(keys.stream(source.uid), min=f"({last_id}",
@@ -198,7 +282,7 @@ async def _shared(source: Source, last_id: str, queue: asyncio.Queue[bytes | Non
             for raw_id, fields in entries:
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
                 event = streams.decode(fields)
-                await queue.put(entry_frame(entry_id, event))
+                await outbox.put(entry_frame(entry_id, event))
                 subscription.advance(entry_id)
                 if streams.is_terminal(event):
                     return entry_id, True
@@ -209,9 +293,9 @@ async def _shared(source: Source, last_id: str, queue: asyncio.Queue[bytes | Non
         source.hub.unsubscribe(source.uid, subscription)
 
 
-async def _from_database(source: Source, status: dict[str, Any], queue: asyncio.Queue[bytes | None]) -> None:
+async def _from_database(source: Source, status: dict[str, Any], outbox: fanout.Outbox) -> None:
     """The ``expired`` event, then the run's final state and messages from the database."""
-    await queue.put(frame(EXPIRED, {
+    await outbox.put(frame(EXPIRED, {
         "type": EXPIRED,
         "runId": source.uid,
         "message": "the run's stream has expired; its final state and messages come from the database",
@@ -219,13 +303,13 @@ async def _from_database(source: Source, status: dict[str, Any], queue: asyncio.
     record = await source.store.get_run(source.uid)
     final, origin = dict(status), "resource"
     if record is not None:
-        await queue.put(frame(RUN, {"type": RUN, **run_record(record)}))
+        await outbox.put(frame(RUN, {"type": RUN, **run_record(record)}))
         for message in await source.store.list_messages(record.thread_id):
             if message.run_id == source.uid:
-                await queue.put(frame(streams.MESSAGE, {"type": streams.MESSAGE, **message_record(message)}))
+                await outbox.put(frame(streams.MESSAGE, {"type": streams.MESSAGE, **message_record(message)}))
         if phases.is_terminal(record.status):  # else the resource knows the end and the database lags
             final, origin = {"phase": record.status, "reason": record.reason, "message": record.error}, "database"
-    await queue.put(frame(streams.STATUS, _status_event(final, source=origin)))
+    await outbox.put(frame(streams.STATUS, _status_event(final, source=origin)))
 
 
 def _status_event(status: dict[str, Any], *, source: str) -> dict[str, Any]:
