@@ -281,7 +281,7 @@ def test_the_example_workflow_runs_in_agentrun_dev_with_kubectl(tmp_path: pathli
                          "▸ step review started", "▸ step review completed reason=Completed"]
         assert ("You said: Write the article about Kubernetes operators from this outline: "
                 "1. What it is. 2. How it works. 3. Why it matters.") in logs.stdout
-        assert "succeeded reason=Completed iterations=3" in logs.stdout
+        assert "Succeeded reason=Completed iterations=3" in logs.stdout
         # And kubectl lists the workflow with its printer columns (short name awf)
         table = subprocess.run([kubectl, "get", "awf", "-o", "wide"], env=env, capture_output=True, text=True,
                                timeout=60)

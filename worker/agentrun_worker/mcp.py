@@ -33,17 +33,21 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx2
 import mcp_types
 import pydantic
 import structlog
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 
 from agentrun_worker import config, tools
+
+if TYPE_CHECKING:
+    from mcp import Client
+
+# The SDK itself (``mcp``, which imports OpenTelemetry's API) is imported when a run first
+# starts a server, not when the worker starts: a worker whose runs use no MCP server never
+# loads it.
 
 logger = structlog.get_logger(__name__)
 
@@ -190,17 +194,23 @@ class Connection:
             if not spec.command:
                 raise ServerUnavailable(f'MCP server "{spec.name}": command is required for transport stdio')
             env = _secrets(spec.env_from, spec.name, "envFrom")
+            from mcp.client.stdio import StdioServerParameters
+
             return StdioServerParameters(command=spec.command, args=list(spec.args), env=env or None)
         if not spec.url:
             raise ServerUnavailable(f'MCP server "{spec.name}": url is required for transport http')
         headers = _secrets(spec.headers_from, spec.name, "headersFrom")
         http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0))
         stack.push_async_callback(http.aclose)
+        from mcp.client.streamable_http import streamable_http_client
+
         return streamable_http_client(spec.url, http_client=http)
 
     async def _own(self) -> None:
         try:
             async with contextlib.AsyncExitStack() as stack:
+                from mcp import Client
+
                 client = await stack.enter_async_context(Client(self._transport(stack), cache=None))
                 listed: list[mcp_types.Tool] = []
                 cursor: str | None = None
