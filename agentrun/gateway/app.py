@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 import structlog
 import uvicorn
-from starlette import applications, middleware, requests, responses, routing
+from starlette import applications, requests, responses, routing
 
 from agentrun import control, kube, log, phases, schema, settings, store, streams
 from agentrun.gateway import auth, config, fanout, metrics, openapi, sse, webview
@@ -184,7 +184,7 @@ def create_app(
         routing.Route(f"{prefix}/threads/{{thread_id}}/messages", guarded(thread_messages), methods=["GET"]),
         *webview.routes(),
     ]
-    app = applications.Starlette(routes=routes, lifespan=lifespan, middleware=[middleware.Middleware(sse.RawSend)])
+    app = applications.Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services
     return app
 

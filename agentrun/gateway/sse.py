@@ -78,23 +78,6 @@ def entry_frame(entry_id: str, event: dict[str, Any]) -> bytes:
     return frame(str(event.get("type") or "event"), event, event_id=entry_id)
 
 
-RAW_SEND = "agentrun.raw_send"
-"""Scope key of the ASGI ``send`` as the app's outermost middleware got it (see RawSend)."""
-
-
-class RawSend:
-    """ASGI middleware that leaves the ``send`` it was given in the scope, for EventStream."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
-        self.app = app
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
-        if scope["type"] == "http":
-            scope[RAW_SEND] = send
-        await self.app(scope, receive, send)
-
-
 class EventStream(responses.Response):
     """The SSE response of one client: frames of a run from ``last_id`` to its terminal event.
 
@@ -138,15 +121,10 @@ class EventStream(responses.Response):
 
         unreported = 0  # events written directly, not yet counted in the metric
 
-        # The body goes to the server's own ``send`` when :class:`RawSend` left it in the scope:
-        # Starlette's wrappers only watch for the response start (which goes through them), and
-        # with a thousand clients their two coroutine layers per write are a sixth of the cost.
-        body_send = scope.get(RAW_SEND) or send
-
         def send_now(data: bytes, events: int) -> Coroutine[Any, Any, None] | None:
             """Write from the producer's task; what remains if the write has to wait."""
             nonlocal last_sent, unreported
-            started = body_send({"type": "http.response.body", "body": data, "more_body": True})
+            started = send({"type": "http.response.body", "body": data, "more_body": True})
             coro = started if inspect.iscoroutine(started) else _awaited(started)
             try:
                 blocker = coro.send(None)
@@ -183,12 +161,12 @@ class EventStream(responses.Response):
         try:
             while (chunk := await outbox.take()) is not None:
                 data, events = chunk
-                await body_send({"type": "http.response.body", "body": data, "more_body": True})
+                await send({"type": "http.response.body", "body": data, "more_body": True})
                 last_sent = loop.time()
                 if events:
                     self.on_events(events)
             if not gone.done():
-                await body_send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write (servers on ASGI spec 2.4 raise it)
         finally:
