@@ -29,7 +29,6 @@ import uuid
 from typing import Any
 
 import httpx
-import pika
 import prometheus_client.parser
 
 from bench import report
@@ -113,29 +112,8 @@ def create_namespace_and_pool(server: str, namespace: str) -> None:
                      "metadata": {"name": "default", "namespace": namespace}, "spec": {}}).raise_for_status()
 
 
-def queue_depth(amqp_url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if conn.is_open:
-            conn.close()
-
-
-def delete_queue(amqp_url: str, queue: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = conn.channel()
-        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-            channel.queue_delete(name)
-    finally:
-        conn.close()
-
-
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident set (VmHWM) of a process and its children, in MiB."""
+    """Peak resident set (VmHWM) of a process, in MiB."""
     total = 0
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -196,7 +174,7 @@ def operator_run(count: int, concurrency: int, amqp_url: str, redis_url: str, da
             return False
 
         harness.wait_until(all_queued, 1800, f"{count} runs Queued", 0.25)
-        harness.wait_until(lambda: queue_depth(amqp_url, queue) >= count, 120, f"{count} messages", 0.25)
+        harness.wait_until(lambda: bed.queue_depth(queue) >= count, 120, f"{count} messages", 0.25)
         queued_in = time.perf_counter() - started
         cpu = (cpu_seconds(operator.popen.pid) - cpu_before[0], cpu_seconds(proc.pid) - cpu_before[1])
         if spy is not None:
@@ -208,12 +186,12 @@ def operator_run(count: int, concurrency: int, amqp_url: str, redis_url: str, da
         phases = [(i.get("status") or {}).get("phase") for i in items]
         return {"created_s": created_in, "queued_s": queued_in, "rss_mib": rss, "idle_rss_mib": idle_rss,
                 "operator_cpu_s": cpu[0], "emulator_cpu_s": cpu[1],
-                "queued": phases.count("Queued"), "objects": len(items), "depth": queue_depth(amqp_url, queue)}
+                "queued": phases.count("Queued"), "objects": len(items), "depth": bed.queue_depth(queue)}
     finally:
         bed.stop_all()
         proc.kill()
         proc.wait()
-        delete_queue(amqp_url, queue)
+        bed.delete_queues(queue)
 
 
 def main(argv: list[str]) -> int:

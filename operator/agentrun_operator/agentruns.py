@@ -14,6 +14,7 @@ import kopf
 import structlog
 
 from agentrun import control, phases
+from agentrun import settings as agentrun_settings
 from agentrun_operator import dispatching, eventing, metrics, scanning
 
 logger = structlog.get_logger(__name__)
@@ -31,6 +32,16 @@ def run_views(*, body: kopf.Body, **_: Any) -> dict[str, scanning.RunView]:
     """
     found = scanning.view(body)
     return {} if found is None else {found.uid: found}
+
+
+@kopf.index(*RESOURCE)
+def run_pods(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str, str], str]:
+    """Every live run by ``(namespace, pod)`` of its worker, for the pods' deletion cost."""
+    host = agentrun_settings.instance_host(body.status.get("workerInstance"))
+    live = body.status.get("phase") in scanning.LIVE
+    if not live or host is None or uid is None or body.metadata.namespace is None:
+        return {}
+    return {(body.metadata.namespace, host): uid}
 
 
 @kopf.index(*RESOURCE)

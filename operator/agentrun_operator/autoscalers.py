@@ -26,16 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightkube
-import lightkube.codecs
 import lightkube.generic_resource
 import lightkube.resources.autoscaling_v2
-import lightkube.types
-import structlog
 
 from agentrun import kube
-from agentrun_operator import config, deployments
-
-logger = structlog.get_logger(__name__)
+from agentrun_operator import config, deployments, owned
 
 HorizontalPodAutoscaler = lightkube.resources.autoscaling_v2.HorizontalPodAutoscaler
 ScaledObject = lightkube.generic_resource.create_namespaced_resource(
@@ -52,16 +47,10 @@ def mode(spec: dict[str, Any]) -> str:
     return str((spec.get("autoscaling") or {}).get("mode", "operator"))
 
 
-def _owner(pool: dict[str, Any]) -> dict[str, Any]:
-    meta = pool["metadata"]
-    return {"apiVersion": pool.get("apiVersion", "agentrun.io/v1alpha1"), "kind": pool.get("kind", "WorkerPool"),
-            "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
-
-
 def _metadata(pool: dict[str, Any]) -> dict[str, Any]:
     meta = pool["metadata"]
     return {"name": deployments.deployment_name(meta["name"]), "namespace": meta["namespace"],
-            "labels": deployments.labels(meta["name"]), "ownerReferences": [_owner(pool)]}
+            "labels": deployments.labels(meta["name"]), "ownerReferences": [deployments.owner_reference(pool)]}
 
 
 def _behavior(spec: dict[str, Any]) -> dict[str, Any]:
@@ -151,10 +140,10 @@ async def ensure(
     result = ("OperatorScaling", "the operator scales the Deployment itself")
     for kind, (resource, manifest) in manifests.items():
         if manifest is None:
-            await _delete_owned(api, resource, name, meta)
+            await owned.delete(api, resource, name, meta["namespace"], meta["uid"], what="autoscaler")
             continue
         try:
-            result = await _apply(api, resource, manifest, meta)
+            result = await owned.apply(api, resource, manifest, meta["uid"], what="autoscaler")
         except kube.ApiError as exc:
             if kind == "keda" and kube.is_not_found(exc):
                 raise AutoscalerUnavailable(
@@ -162,39 +151,3 @@ async def ensure(
                     "install KEDA, or use autoscaling.mode operator or hpa") from None
             raise
     return result
-
-
-async def _apply(api: lightkube.AsyncClient, resource: Any, manifest: dict[str, Any],
-                 meta: dict[str, Any]) -> tuple[str, str]:
-    name, namespace, kind = manifest["metadata"]["name"], manifest["metadata"]["namespace"], manifest["kind"]
-    try:
-        current = kube.to_dict(await api.get(resource, name, namespace=namespace))
-    except kube.ApiError as exc:
-        if not kube.is_not_found(exc):
-            raise
-        await api.create(lightkube.codecs.from_dict(manifest))
-        logger.info("pool.autoscaler_created", namespace=namespace, pool=meta["name"], kind=kind)
-        return f"{kind}Created", f"{kind} {name} created"
-    if not _owned(current, meta):
-        return f"{kind}Conflict", f"{kind} {name} exists and is not owned by this WorkerPool"
-    await api.patch(resource, name, {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]},
-                    namespace=namespace, patch_type=lightkube.types.PatchType.MERGE)
-    return f"{kind}Updated", f"{kind} {name} up to date"
-
-
-async def _delete_owned(api: lightkube.AsyncClient, resource: Any, name: str, meta: dict[str, Any]) -> None:
-    """Delete the pool's object of a mode it left; absent API or object is nothing to do."""
-    try:
-        current = kube.to_dict(await api.get(resource, name, namespace=meta["namespace"]))
-    except kube.ApiError as exc:
-        if kube.is_not_found(exc):
-            return
-        raise
-    if _owned(current, meta):
-        await api.delete(resource, name, namespace=meta["namespace"])
-        logger.info("pool.autoscaler_deleted", namespace=meta["namespace"], pool=meta["name"],
-                    kind=current.get("kind"))
-
-
-def _owned(obj: dict[str, Any], meta: dict[str, Any]) -> bool:
-    return any(o.get("uid") == meta["uid"] for o in (obj.get("metadata") or {}).get("ownerReferences") or [])

@@ -139,16 +139,22 @@ def deployment_for(
             "name": deployment_name(name),
             "namespace": namespace,
             "labels": labels(name),
-            "ownerReferences": [{
-                "apiVersion": pool.get("apiVersion", "agentrun.io/v1alpha1"),
-                "kind": pool.get("kind", "WorkerPool"),
-                "name": name,
-                "uid": meta["uid"],
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [owner_reference(pool)],
         },
         "spec": deployment_spec,
+    }
+
+
+def owner_reference(pool: dict[str, Any]) -> dict[str, Any]:
+    """The reference that makes an object the pool's: deleted with it, reconciled only by it."""
+    meta = pool["metadata"]
+    return {
+        "apiVersion": pool.get("apiVersion", "agentrun.io/v1alpha1"),
+        "kind": pool.get("kind", "WorkerPool"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 

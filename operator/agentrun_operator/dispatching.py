@@ -16,7 +16,6 @@ Once the creation is recorded, neither a restart nor a watch reconnect calls thi
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime
 from typing import Any
 
@@ -27,27 +26,18 @@ import lightkube
 import structlog
 
 from agentrun import broker, keys, kube, message, phases
-from agentrun_operator import eventing, workflows
+from agentrun_operator import eventing, recent, workflows
 
 logger = structlog.get_logger(__name__)
 
 BROKER_RETRY_SECONDS = 5
 """Seconds before a dispatch that found the broker down is tried again."""
 
-PUBLISHED_MEMORY = 100_000
-"""How many recent (uid, attempt) publishes this process remembers (a few MiB at most)."""
-
-_published: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+_published: recent.Recent[tuple[str, int]] = recent.Recent(100_000)
 """Attempts this process has published. Under load kopf may see a stale event of a run it has
 just handled (its own patch not yet visible after ``consistency_timeout``) and call the
 creation handler again; the run already says Queued, and this memory stops a second publish.
 After a restart it is empty, so a run marked Queued but never published is published then."""
-
-
-def _remember(uid: str, attempt: int) -> None:
-    _published[(uid, attempt)] = None
-    while len(_published) > PUBLISHED_MEMORY:
-        _published.popitem(last=False)
 
 
 class PoolMissing(Exception):
@@ -141,7 +131,7 @@ async def dispatch(
         log.warning("run.publish_failed", why="broker unreachable", error=type(exc).__name__)
         raise kopf.TemporaryError(f"the broker is unreachable ({type(exc).__name__}); retrying",
                                   delay=BROKER_RETRY_SECONDS) from None
-    _remember(uid, attempt)
+    _published.add((uid, attempt))
     kopf.info(body, reason="Queued", message=f"attempt {attempt} queued on {queue}")
     log.info("run.queued", queue=queue, attempt=attempt, message_id=message_id)
 

@@ -8,13 +8,14 @@ Event is a notice, the phase on the resource is the record.
 
 from __future__ import annotations
 
-import collections
 import datetime
 from typing import Any
 
 import lightkube
 import lightkube.codecs
 import structlog
+
+from agentrun_operator import recent
 
 logger = structlog.get_logger(__name__)
 
@@ -61,15 +62,12 @@ async def warn(api: lightkube.AsyncClient, obj: dict[str, Any], *, reason: str, 
     await post(api, obj, type_="Warning", reason=reason, message=message)
 
 
-_ENDED_HERE: collections.OrderedDict[str, None] = collections.OrderedDict()
-_ENDED_MEMORY = 100_000
+_ENDED_HERE: recent.Recent[str] = recent.Recent(100_000)
 
 
 def ended_here(uid: str) -> None:
     """The operator ended run ``uid`` and posted its Event itself: the watch must not again."""
-    _ENDED_HERE[uid] = None
-    while len(_ENDED_HERE) > _ENDED_MEMORY:
-        _ENDED_HERE.popitem(last=False)
+    _ENDED_HERE.add(uid)
 
 
 def phase_event(body: Any, before: str, phase: str) -> tuple[str, str, str] | None:

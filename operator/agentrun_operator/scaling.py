@@ -19,7 +19,6 @@ so idle workers go before busy ones. The pass writes the costs before it changes
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
 from typing import Any
@@ -31,7 +30,7 @@ import lightkube.types
 import structlog
 
 from agentrun import kube, message
-from agentrun_operator import brokerstats, config, deployments, metrics, scanning, workerpools
+from agentrun_operator import brokerstats, config, deployments, metrics, workerpools
 
 logger = structlog.get_logger(__name__)
 Pod = lightkube.resources.core_v1.Pod
@@ -54,7 +53,7 @@ class Autoscaler:
         pool_deployments: kopf.Index[tuple[str, str], tuple[int, int, int]],
         op: config.OperatorSettings,
         pool_pods: kopf.Index[tuple[str, str], tuple[str, str | None]] | None = None,
-        run_views: kopf.Index[str, scanning.RunView] | None = None,
+        run_pods: kopf.Index[tuple[str, str], str] | None = None,
         broker_stats: brokerstats.BrokerStats | None = None,
     ) -> None:
         self._api = api
@@ -66,7 +65,7 @@ class Autoscaler:
         self._broker_stats = broker_stats
         self._wake = asyncio.Event()
         self._depths: dict[str, tuple[int, int]] = {}
-        self._views = run_views
+        self._run_pods = run_pods
         self._stabilizers: dict[tuple[str, str], deployments.Stabilizer] = {}
         self._applied: dict[tuple[str, str], int] = {}
         self._reported: dict[tuple[str, str], dict[str, int]] = {}
@@ -92,14 +91,13 @@ class Autoscaler:
 
     async def pass_once(self, now: float) -> None:
         seen: set[tuple[str, str]] = set()
-        busy = self._runs_per_pod()
         if self._broker_stats is not None:
             self._depths = await self._broker_stats.depths()
         for key, found in list(self._pools.items()):
             for spec in found:
                 seen.add(key)
                 try:
-                    await self._mark_costs(key, busy)
+                    await self._mark_costs(key)
                     await self._scale(key, spec, now)
                 except Exception as exc:
                     metrics.RECONCILE_ERRORS.labels("autoscale").inc()
@@ -160,23 +158,13 @@ class Autoscaler:
                                   patch_type=lightkube.types.PatchType.MERGE)
             self._reported[key] = report
 
-    def _runs_per_pod(self) -> collections.Counter[tuple[str, str]]:
-        """Live runs by ``(namespace, pod)``."""
-        counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        if self._views is not None and self._pods:  # no worker pods (yet): nothing to mark
-            for _, found in list(self._views.items()):
-                for v in found:
-                    if v.worker_host is not None:
-                        counts[(v.namespace, v.worker_host)] += 1
-        return counts
-
-    async def _mark_costs(self, key: tuple[str, str], busy: collections.Counter[tuple[str, str]]) -> None:
+    async def _mark_costs(self, key: tuple[str, str]) -> None:
         """Set each pod's deletion cost to its runs in flight, where it differs."""
-        if self._pods is None:
+        if self._pods is None or self._run_pods is None:
             return
         namespace = key[0]
         for pod, current in list(self._pods.get(key, [])):
-            wanted = str(busy[(namespace, pod)])
+            wanted = str(len(self._run_pods.get((namespace, pod), [])))
             if current == wanted or (current is None and wanted == "0"):
                 continue
             try:

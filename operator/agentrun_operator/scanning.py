@@ -87,8 +87,6 @@ class RunView:
     timeout_seconds: int | None = None
     finished_at: str | None = None
     ttl_after_finished: int | None = None
-    worker_host: str | None = None
-    """The pod (host) whose worker runs the run, from ``status.workerInstance``."""
 
 
 def view(body: kopf.Body) -> RunView | None:
@@ -115,7 +113,6 @@ def view(body: kopf.Body) -> RunView | None:
         timeout_seconds=None if timeout is None else int(timeout),
         finished_at=status.get("finishedAt"),
         ttl_after_finished=None if ttl is None else int(ttl),
-        worker_host=agentrun_settings.instance_host(status.get("workerInstance")) if phase in LIVE else None,
     )
 
 

@@ -79,7 +79,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
             interval_seconds=memo.operator_config.broker_stats_interval_seconds)
     autoscaler = scaling.Autoscaler(api=memo.api, pools=pool_specs, run_phases=run_phases,
                                     pool_deployments=pool_deployments, op=memo.operator_config,
-                                    pool_pods=kwargs["pool_pods"], run_views=run_views,
+                                    pool_pods=kwargs["pool_pods"], run_pods=kwargs["run_pods"],
                                     broker_stats=memo.broker_stats)
     memo.autoscaler = autoscaler
     memo.autoscale_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="agentrun-autoscale")

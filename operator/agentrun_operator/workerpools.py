@@ -16,15 +16,10 @@ from typing import Any
 
 import kopf
 import lightkube
-import lightkube.codecs
 import lightkube.resources.apps_v1
-import lightkube.types
-import structlog
 
 from agentrun import kube, message
-from agentrun_operator import autoscalers, config, deployments, metrics
-
-logger = structlog.get_logger(__name__)
+from agentrun_operator import autoscalers, config, deployments, metrics, owned
 
 RESOURCE = ("agentrun.io", "v1alpha1", "workerpools")
 Deployment = lightkube.resources.apps_v1.Deployment
@@ -114,23 +109,7 @@ async def ensure_deployment(
     mode = (spec.get("autoscaling") or {}).get("mode", "operator")
     initial = int(spec.get("minReplicas", 1)) if mode == "operator" else None
     manifest = deployments.deployment_for(pool, settings, replicas=initial)
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    log = logger.bind(namespace=namespace, pool=meta["name"], deployment=name)
-    try:
-        current = kube.to_dict(await api.get(Deployment, name, namespace=namespace))
-    except kube.ApiError as exc:
-        if not kube.is_not_found(exc):
-            raise
-        await api.create(lightkube.codecs.from_dict(manifest))
-        log.info("pool.deployment_created", replicas=initial)
-        return "DeploymentCreated", f"Deployment {name} created"
-    owners = (current.get("metadata") or {}).get("ownerReferences") or []
-    if not any(o.get("uid") == meta["uid"] for o in owners):
-        log.warning("pool.deployment_conflict")
-        return "DeploymentConflict", f"Deployment {name} exists and is not owned by this WorkerPool"
     # The replica count belongs to the autoscaler (or the HPA / KEDA): never reset it here.
-    body = {"metadata": {"labels": manifest["metadata"]["labels"]},
-            "spec": {k: v for k, v in manifest["spec"].items() if k not in ("replicas", "selector")}}
-    await api.patch(Deployment, name, body, namespace=namespace, patch_type=lightkube.types.PatchType.MERGE)
-    log.info("pool.deployment_updated")
-    return "DeploymentUpdated", f"Deployment {name} up to date"
+    spec_patch = {k: v for k, v in manifest["spec"].items() if k not in ("replicas", "selector")}
+    return await owned.apply(api, Deployment, manifest, meta["uid"], what="deployment", spec=spec_patch,
+                             replicas=initial)
