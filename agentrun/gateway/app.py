@@ -29,7 +29,7 @@ import uvicorn
 from starlette import applications, requests, responses, routing
 
 from agentrun import control, kube, log, phases, schema, settings, store, streams
-from agentrun.gateway import auth, config, fanout, metrics, openapi, sse, webview
+from agentrun.gateway import auth, chunks, config, fanout, metrics, openapi, sse, webview
 
 logger = structlog.get_logger(__name__)
 
@@ -184,7 +184,7 @@ def create_app(
         routing.Route(f"{prefix}/threads/{{thread_id}}/messages", guarded(thread_messages), methods=["GET"]),
         *webview.routes(),
     ]
-    app = applications.Starlette(routes=routes, lifespan=lifespan)
+    app = chunks.App(routes=routes, lifespan=lifespan)
     app.state.services = services
     return app
 

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from agentrun import keys, streams
+from agentrun.gateway import chunks
 
 logger = structlog.get_logger(__name__)
 
@@ -65,20 +66,24 @@ class Outbox:
         self._room: asyncio.Future[None] | None = None
         self._handed: Coroutine[Any, Any, None] | None = None
         self.closed = False
-        self.direct: Callable[[bytes, int], Coroutine[Any, Any, None] | None] | None = None
+        self.direct: Callable[[bytes, int, bytes | None], Coroutine[Any, Any, None] | None] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put_nowait(self, frame: bytes, *, events: int = 1) -> None:
-        """Send or append ``frame`` holding ``events`` run events (0: a heartbeat); :class:`Full` when full."""
+    def put_nowait(self, frame: bytes, *, events: int = 1, chunk: bytes | None = None) -> None:
+        """Send or append ``frame`` holding ``events`` run events (0: a heartbeat); :class:`Full` when full.
+
+        ``chunk``: ``frame`` already framed as an HTTP/1.1 chunk (:func:`chunks.frame`), shared by
+        the clients of a run, for a direct write.
+        """
         if len(self._frames) >= self._limit:
             raise Full
         waiter = self._waiter
         if waiter is not None and self.direct is not None and not self.closed:
             self._waiter = None  # the writer is idle: nothing pending, nothing being written
             try:
-                rest = self.direct(frame, events)
+                rest = self.direct(frame, events, chunk)
             except Exception:
                 self._waiter = waiter
                 self.abort()
@@ -187,9 +192,9 @@ class Subscription:
         """Record that the client sent ``entry_id`` itself (during the replay)."""
         self.cursor, self._cursor_key = entry_id, entry_key(entry_id)
 
-    def offer(self, items: list[Item], joined: bytes) -> bool:
-        """Take a batch of entries (``joined``: their frames) from the reader; False once this
-        subscription wants no more."""
+    def offer(self, items: list[Item], joined: bytes, chunk: bytes) -> bool:
+        """Take a batch of entries (``joined``: their frames; ``chunk``: those as an HTTP chunk)
+        from the reader; False once this subscription wants no more."""
         if self.stopped.done():
             return False
         if self._buffer is not None:
@@ -198,29 +203,29 @@ class Subscription:
                 self._stop(False)
                 return False
             return True
-        return self._deliver(items, joined)
+        return self._deliver(items, joined, chunk)
 
     def go_live(self) -> None:
         """The replay is done: send what was buffered, then take entries as they come."""
         buffered, self._buffer = self._buffer or [], None
         if buffered:
-            self._deliver(buffered, None)
+            self._deliver(buffered, None, None)
 
     def end(self) -> None:
         self._stop(False)
 
-    def _deliver(self, items: list[Item], joined: bytes | None) -> bool:
+    def _deliver(self, items: list[Item], joined: bytes | None, chunk: bytes | None) -> bool:
         """Put the entries this client has not sent yet into its outbox, as one chunk."""
         if items[-1].key <= self._cursor_key:
             return True  # all already sent by the replay
         if items[0].key > self._cursor_key:
             fresh = items
         else:
-            fresh, joined = [item for item in items if item.key > self._cursor_key], None
+            fresh, joined, chunk = [item for item in items if item.key > self._cursor_key], None, None
         if joined is None:
             joined = fresh[0].frame if len(fresh) == 1 else b"".join(item.frame for item in fresh)
         try:
-            self.out.put_nowait(joined, events=len(fresh))
+            self.out.put_nowait(joined, events=len(fresh), chunk=chunk)
         except Full:
             self._stop(False)
             return False
@@ -307,8 +312,9 @@ class Hub:
                 # the cursor of a batch every subscriber already has.
                 reader.cursor = items[-1].id
                 joined = items[0].frame if len(items) == 1 else b"".join(item.frame for item in items)
+                chunk = chunks.frame(joined)  # framed once, written as is to every client
                 for subscription in list(reader.subscribers):
-                    if not subscription.offer(items, joined):
+                    if not subscription.offer(items, joined, chunk):
                         reader.subscribers.discard(subscription)
                 if not reader.subscribers or items[-1].terminal:
                     break

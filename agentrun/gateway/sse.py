@@ -32,7 +32,7 @@ import structlog
 from starlette import responses
 
 from agentrun import keys, phases, store, streams
-from agentrun.gateway import fanout, gap
+from agentrun.gateway import chunks, fanout, gap
 
 logger = structlog.get_logger(__name__)
 
@@ -121,9 +121,13 @@ class EventStream(responses.Response):
 
         unreported = 0  # events written directly, not yet counted in the metric
 
-        def send_now(data: bytes, events: int) -> Coroutine[Any, Any, None] | None:
+        def send_now(data: bytes, events: int, chunk: bytes | None) -> Coroutine[Any, Any, None] | None:
             """Write from the producer's task; what remains if the write has to wait."""
             nonlocal last_sent, unreported
+            if chunk is not None and write_chunk is not None and write_chunk(chunk):
+                last_sent = loop.time()
+                unreported += events
+                return None
             started = send({"type": "http.response.body", "body": data, "more_body": True})
             coro = started if inspect.iscoroutine(started) else _awaited(started)
             try:
@@ -152,6 +156,7 @@ class EventStream(responses.Response):
             timer = loop.call_later(due, tick)
 
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        write_chunk = chunks.writer(scope)
         outbox.direct = send_now
         self.connected(1)
         producer = loop.create_task(_produce(self.source, self.last_id, outbox))
