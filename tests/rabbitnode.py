@@ -100,9 +100,15 @@ class RabbitNode:
         self.ctl("start_app")
         self.ctl("await_startup", "--timeout", "60")
 
-    def set_consumer_timeout(self, milliseconds: int) -> None:
-        """Change the delivery acknowledgement timeout at runtime, for channels opened afterwards."""
+    def set_consumer_timeout(self, milliseconds: int, *, check_every_ms: int | None = None) -> None:
+        """Change the delivery acknowledgement timeout at runtime, for channels opened afterwards.
+
+        ``check_every_ms``: how often those channels check it (``channel_tick_interval``, a
+        minute by default; RabbitMQ's own consumer-timeout tests lower it the same way).
+        """
         self.ctl("eval", f"application:set_env(rabbit, consumer_timeout, {int(milliseconds)}).")
+        if check_every_ms is not None:
+            self.ctl("eval", f"application:set_env(rabbit, channel_tick_interval, {int(check_every_ms)}).")
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:

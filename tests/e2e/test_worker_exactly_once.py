@@ -26,6 +26,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RABBIT_DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
+RABBIT_DEFAULT_TICK_MS = 60_000
+TURNS = 12
 
 
 @pytest.fixture(scope="module")
@@ -65,38 +67,39 @@ def slow_run(namespace: str, name: str, turns: int, delay_ms: int, **spec: Any) 
                      **spec}}
 
 
-@pytest.mark.timeout(600)  # the broker checks consumer timeouts once a minute
+@pytest.mark.timeout(300)
 def test_a_run_longer_than_the_consumer_timeout_is_redelivered_and_still_executes_once(
     private_bed: harness.Bed, rabbit_node: Any
 ) -> None:
     bed = private_bed
     namespace = new_namespace(bed)
     queue = f"agentrun.{namespace}.default"
-    # Given a broker whose delivery acknowledgement timeout is 3 s (RabbitMQ checks it once
-    # a minute), and a worker whose channels are opened after the change
-    rabbit_node.set_consumer_timeout(3_000)
+    # Given a broker whose delivery acknowledgement timeout is 2 s, checked every 250 ms (not
+    # once a minute), and a worker whose channels are opened after the change
+    rabbit_node.set_consumer_timeout(2_000, check_every_ms=250)
     try:
         worker = bed.start_worker(queue, threads=2)
-        # When a run lasts well past the timeout and the broker's next check (about 100 s)
-        uid = bed.create(slow_run(namespace, "long", turns=40, delay_ms=2_500))["metadata"]["uid"]
+        # When a run lasts well past the timeout (about 12 s)
+        uid = bed.create(slow_run(namespace, "long", turns=TURNS, delay_ms=1_000))["metadata"]["uid"]
         bed.wait_phase(namespace, "long", "Running", timeout=60)
         # Then the broker closes the worker's channel and delivers the message again, and the
         # redelivery is dropped because the first delivery still holds the run's lease
-        harness.wait_until(lambda: "lease held" in worker.output(), 150,
+        harness.wait_until(lambda: "lease held" in worker.output(), 60,
                            "the broker to redeliver the message to the worker")
         assert "PRECONDITION_FAILED" in worker.output() or "consumer ack timed out" in worker.output()
-        status = bed.wait_phase(namespace, "long", "Succeeded", "Failed", "Stopped", timeout=180)["status"]
+        assert bed.get_run(namespace, "long")["status"]["phase"] == "Running", "redelivered while it runs"
+        status = bed.wait_phase(namespace, "long", "Succeeded", "Failed", "Stopped", timeout=120)["status"]
     finally:
-        rabbit_node.set_consumer_timeout(RABBIT_DEFAULT_CONSUMER_TIMEOUT_MS)
+        rabbit_node.set_consumer_timeout(RABBIT_DEFAULT_CONSUMER_TIMEOUT_MS, check_every_ms=RABBIT_DEFAULT_TICK_MS)
     # And the run succeeded once: one start, every turn once, one terminal event, attempt 1
-    assert (status["phase"], status["attempt"], status["iterations"]) == ("Succeeded", 1, 40), status
+    assert (status["phase"], status["attempt"], status["iterations"]) == ("Succeeded", 1, TURNS), status
     assert worker.alive(), "the worker must survive the broker closing its channel"
     assert worker.output().count('"run.started"') == 1
     events = stream_events(bed.redis_url, uid)
     assert sum(1 for e in events if e["type"] == "status" and e["status"] == "running") == 1
-    assert [e["delta"] for e in events if e["type"] == "assistant"] == [f"turn-{i}" for i in range(40)]
+    assert [e["delta"] for e in events if e["type"] == "assistant"] == [f"turn-{i}" for i in range(TURNS)]
     assert sum(1 for e in events if e["type"] == "status" and e["status"] == "succeeded") == 1
-    assert [m["role"] for m in bed.db_messages(uid)] == ["user"] + ["assistant"] * 40
+    assert [m["role"] for m in bed.db_messages(uid)] == ["user"] + ["assistant"] * TURNS
     # And no copy of the message is left behind on any queue
     harness.wait_until(lambda: bed.queue_depth(queue) == 0, 30, "the queue to drain")
     assert bed.queue_depth(f"{queue}.DQ") == 0 and bed.queue_depth(f"{queue}.XQ") == 0
