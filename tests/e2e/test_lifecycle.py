@@ -187,6 +187,28 @@ def test_a_run_deleted_while_the_operator_is_down_is_stopped_by_its_worker(
         operator.proc = bed.start_operator(**OPERATOR_ENV)
 
 
+def test_a_stop_set_while_the_operator_is_down_is_honoured_by_the_worker_at_its_heartbeat(
+    bed: harness.Bed, operator: Any, namespace: str
+) -> None:
+    # Given a run streaming on a worker that writes a heartbeat every second, and no operator
+    # to turn spec.stop into a stop request in Redis
+    bed.start_worker(f"agentrun.{namespace}.default", AGENTRUN_HEARTBEAT_SECONDS="1", **WORKER_ENV)
+    uid = bed.create(agentrun(namespace, "unheard", SLOW))["metadata"]["uid"]
+    harness.wait_until(lambda: streaming(bed, uid), 20, "the run to stream")
+    operator.proc.kill()
+    try:
+        # When the stop is set on the resource (kubectl patch --type merge -p '{"spec":{"stop":true}}')
+        bed.patch_spec(namespace, "unheard", {"stop": True})
+        # Then the worker reads it at its next heartbeat and stops the run well before its end
+        last = harness.wait_until(lambda: terminal(bed, uid), 15, "the run's terminal event")
+        assert (last["status"], last["reason"]) == ("stopped", "StopRequested"), last
+        assert not any(e["type"] == "assistant" and "word39" in e.get("text", "") for e in events_of(bed, uid))
+        status = bed.wait_phase(namespace, "unheard", "Stopped", "Succeeded", "Failed")["status"]
+        assert (status["phase"], status["reason"]) == ("Stopped", "StopRequested"), status
+    finally:
+        operator.proc = bed.start_operator(**OPERATOR_ENV)
+
+
 def test_queued_runs_of_a_deleted_pool_fail_pool_deleted_after_the_grace(bed: harness.Bed, namespace: str) -> None:
     # Given a pool with no worker and a run queued on it
     bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",

@@ -1,7 +1,7 @@
 """A Redis restart in the middle of a run: real kopf, a real Dramatiq worker, RabbitMQ, PostgreSQL,
 and a private ``redis-server`` without persistence that the test kills and starts again.
 
-The restart loses every key: the run's stream so far, its lease, its stop flag. The run must
+The restart loses every key: the run's stream so far, its lease, its stop flag. A run must
 still end once, ``Succeeded``, on the resource, in the database and on the stream:
 
 - the worker's stream writes wait for Redis and go on in order (no duplicate, no gap after
@@ -9,6 +9,9 @@ still end once, ``Succeeded``, on the resource, in the database and on the strea
 - the worker takes its lease back (``run.lease_reclaimed``) instead of abandoning the run,
   and the operator, seeing Redis just restarted, does not re-queue it meanwhile;
 - nothing is run twice: one ``run.started``, one ``run.finished``, attempt 1.
+
+And a stop requested before the restart still stops its run: the worker reads the
+resource's ``spec.stop`` when the Redis flag is gone.
 
 It has its own bed (emulator, operator, worker) because the session's operator uses the
 shared Redis, which must never be restarted.
@@ -26,7 +29,7 @@ import pytest
 import redis
 import yaml
 
-from agentrun import streams
+from agentrun import keys, streams
 from tests.e2e import harness
 from tests.e2e.test_runs import agentrun, stream_events
 
@@ -144,6 +147,41 @@ def test_a_redis_restart_mid_run_loses_no_final_state_and_runs_nothing_twice(
         assert '"run.recovered"' not in operator_output
         harness.wait_until(lambda: bed.queue_depth(queue) == 0, 30, "the message to be acknowledged")
         assert bed.queue_depth(f"{queue}.DQ") == 0 and bed.queue_depth(f"{queue}.XQ") == 0
+    finally:
+        worker.stop()
+        bed.delete_queues(queue)
+
+
+def test_a_stop_whose_flag_a_redis_restart_erased_still_stops_the_run(
+    private: tuple[harness.Bed, RedisServer],
+) -> None:
+    bed, server = private
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
+    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": "default", "namespace": namespace}, "spec": {}})
+    queue = f"agentrun.{namespace}.default"
+    # Given a queued run (no worker yet) whose stop was requested: the operator wrote the flag
+    uid = bed.create(agentrun(namespace, "halted"))["metadata"]["uid"]
+    bed.wait_phase(namespace, "halted", "Queued")
+    bed.patch_spec(namespace, "halted", {"stop": True})
+    client = redis.Redis.from_url(server.url)
+    harness.wait_until(lambda: client.exists(keys.stop(uid)), 15, "the operator to write the stop flag")
+    # When Redis restarts empty, so the flag is gone, and only then a worker takes the message
+    server.kill()
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    assert not client.exists(keys.stop(uid))
+    worker = bed.start_worker(queue)
+    try:
+        # Then the run ends Stopped before it started, from the resource's spec.stop
+        status = bed.wait_phase(namespace, "halted", "Stopped", "Succeeded", "Failed", timeout=60)["status"]
+        assert (status["phase"], status["reason"]) == ("Stopped", "StopRequested"), status
+        assert status["message"] == "stopped on request before it started"
+        assert '"run.started"' not in worker.output() and '"run.stop_from_resource"' in worker.output()
+        row = bed.db_row(uid)
+        assert row is not None and (row["status"], row["reason"]) == ("Stopped", "StopRequested"), row
+        harness.wait_until(lambda: bed.queue_depth(queue) == 0, 30, "the message to be acknowledged")
     finally:
         worker.stop()
         bed.delete_queues(queue)

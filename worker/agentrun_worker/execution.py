@@ -132,6 +132,9 @@ class Execution:
         self.thread = threads.ThreadSlot(clients.redis, msg.thread_id, uid=msg.uid, namespace=msg.namespace,
                                          name=msg.name, ttl_seconds=config.lease_ttl_seconds)
         self._recorded = False
+        self.stop_on_resource = False
+        """The resource said ``spec.stop: true`` (at admission or a heartbeat)."""
+        self.watch: stopping.StopWatch | None = None
         self.toolbox = mcp.Toolbox()  # the run's MCP servers, closed when the run ends in any way
 
     # -- 1. admission -------------------------------------------------------------------------
@@ -163,6 +166,7 @@ class Execution:
             logger.info("run.skipped", why="stale attempt", current=status.get("attempt"))
             await self.lease.release()
             return False
+        self.stop_on_resource = bool((obj.get("spec") or {}).get("stop"))
         return True
 
     # -- 2. lease and heartbeat ---------------------------------------------------------------
@@ -196,16 +200,22 @@ class Execution:
                 await self._heartbeat()
 
     async def _heartbeat(self) -> None:
-        """Write ``lastHeartbeatTime``; a run whose AgentRun is gone is stopped (``RunDeleted``).
+        """Write ``lastHeartbeatTime``; a run whose AgentRun is gone is stopped (``RunDeleted``),
+        and one whose AgentRun says ``spec.stop: true`` is stopped (``StopRequested``).
 
-        The operator turns the deletion into a stop request at once; this catches the deletions
-        it missed (the operator was down), since nothing else would end the run early.
+        The operator turns a deletion or ``spec.stop`` into a stop request in Redis at once;
+        this catches what it missed (it was down, or Redis restarted and lost the flag), since
+        nothing else would end the run early.
         """
         try:
-            await kube.patch_status(
+            patched = await kube.patch_status(
                 self.c.api, self.msg.namespace, self.msg.name,
                 {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
             )
+            if (patched.get("spec") or {}).get("stop") and patched["metadata"].get("uid") == self.msg.uid:
+                self.stop_on_resource = True
+                if self.watch is not None:
+                    self.watch.request(stopping.STOP_REQUESTED)
         except kube.ApiError as exc:
             if kube.is_not_found(exc):
                 logger.warning("run.resource_deleted")
@@ -228,9 +238,11 @@ class Execution:
         if not await self._admit():
             return
         keeper = asyncio.get_running_loop().create_task(self._keep_lease())
-        watch = stopping.StopWatch(self.c.redis, self.msg.uid)
+        watch = self.watch = stopping.StopWatch(self.c.redis, self.msg.uid)
         try:
             await watch.start()
+            if self.stop_on_resource:  # its Redis flag erased by a restart, or never written
+                watch.request(stopping.STOP_REQUESTED)
             if watch.requested.is_set():
                 reason = watch.reason or "StopRequested"
                 await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + " before it started")

@@ -3,6 +3,11 @@
 Subscribe to the run's control channel first, then read the durable flag: a stop requested
 before the subscription is seen in the flag, one requested after it arrives as a message.
 Either way :attr:`StopWatch.requested` is set and the execution cancels the agent.
+
+The AgentRun's ``spec.stop: true`` is the record of last resort: Redis keeps nothing on disk,
+so a restart erases the flag, and a stop set with ``kubectl`` while the operator is down
+never reaches Redis. The execution reads ``spec.stop`` when it admits the run and at every
+heartbeat, and calls :meth:`StopWatch.request` when it is set.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ RUN_DELETED = "RunDeleted"
 
 INTERRUPTED = "Interrupted"
 """The stop reason when a new run on the same thread interrupted this one (``multitaskStrategy``)."""
+
+STOP_REQUESTED = "StopRequested"
+"""The stop reason of ``spec.stop: true`` (``agentrun stop``, the gateway, ``kubectl patch``)."""
 
 
 def explain(reason: str) -> str:
@@ -54,6 +62,13 @@ class StopWatch:
             self.reason = reason
             self.requested.set()
         return self.requested.is_set()
+
+    def request(self, reason: str) -> None:
+        """A stop learned elsewhere than Redis (the resource's ``spec.stop``): same effect."""
+        if not self.requested.is_set():
+            logger.info("run.stop_from_resource", reason=reason)
+            self.reason = reason
+            self.requested.set()
 
     async def _listen(self) -> None:
         delay = 0.1
