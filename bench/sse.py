@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import multiprocessing
 import os
 import pathlib
@@ -144,6 +145,9 @@ async def _clients(port: int, path: str, token: str, clients: int, events: int, 
                 client._finish(str(exc))
         readers.extend(wave)
         await _within(60, {c: c.connected for c in wave}, "no response head within 60 s")
+    # The clients measure the gateway: no pause of their own (a full collection here took
+    # 20 ms) may count as its latency
+    gc.disable()
     conn.send(("ready", time.process_time()))
     await _within(events * 0.5 + 120, {c: c.done for c in readers}, "no terminal event in time")
     errors = collections.Counter(r.error for r in readers if r.error)
@@ -258,6 +262,7 @@ async def phase(redis: aioredis.Redis, api: lightkube.Client, port: int, token: 
     cpu_gateway, cpu_self, started = tree_cpu_seconds(gateway_pid), time.process_time(), time.monotonic()
     waited, load_before = tree_run_delay(gateway_pid), os.getloadavg()[0]
     kernel = tree_cpu_seconds(gateway_pid, system_only=True)
+    gc.disable()  # the writer's clock is t: a collection between t and the XADD (up to 80 ms) is not the gateway's
     for i in range(events):
         # t: the writer's clock just before the XADD (emit hands the entry to the flusher, which
         # sends it on the next turn of this loop)
@@ -267,6 +272,7 @@ async def phase(redis: aioredis.Redis, api: lightkube.Client, port: int, token: 
             peak = max(peak, tree_rss_mib(gateway_pid))
     writer.emit({"type": streams.STATUS, "status": "succeeded", "reason": "Completed"})
     await writer.flush()
+    gc.enable()
     latencies: list[float] = []
     failed, cpu_clients_end = 0, 0.0
     for here in pipes:
@@ -298,7 +304,9 @@ async def phase(redis: aioredis.Redis, api: lightkube.Client, port: int, token: 
     return latencies, peak, failed, cpu
 
 
-async def measure(args: argparse.Namespace) -> int:
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement (a fresh gateway): the loaded phase's p99, whether the target was met,
+    and how many clients failed."""
     from agentrun import emulator
 
     state = pathlib.Path(tempfile.mkdtemp(prefix="bench-sse-"))
@@ -332,7 +340,7 @@ async def measure(args: argparse.Namespace) -> int:
             except OSError:
                 if gateway.poll() is not None or time.monotonic() > deadline:
                     print((state / "gateway.log").read_text(), file=sys.stderr)
-                    return 1
+                    return {"p99_ms": float("nan"), "target_met": False, "failed": -1}
                 await asyncio.sleep(0.1)
         namespace = "bench"
         api.create(lightkube.codecs.from_dict(
@@ -360,6 +368,7 @@ async def measure(args: argparse.Namespace) -> int:
     report.line(bench="sse", variant="1 client", rss_mib=round(one_rss, 1), failed=one_failed, **one_cpu, **base)
     report.line(bench="sse", variant=f"{args.clients} clients", rss_mib=round(many_rss, 1), failed=many_failed,
                 **many_cpu, **load)
+    met = load["p99_ms"] <= 20 and many_failed == 0
     report.result(
         "sse", clients=args.clients, events=args.events, interval_ms=args.interval_ms,
         gateway_procs=args.gateway_procs, client_procs=args.client_procs, cores=os.cpu_count(),
@@ -370,9 +379,22 @@ async def measure(args: argparse.Namespace) -> int:
         gateway_us_per_delivery=many_cpu["gateway_us_per_delivery"],
         gateway_kernel_share=many_cpu["gateway_kernel_share"], gateway_cpu_wait=many_cpu["gateway_cpu_wait"],
         loadavg=many_cpu["loadavg"],
-        failed_clients=many_failed, target_met=load["p99_ms"] <= 20 and many_failed == 0,
+        failed_clients=many_failed, target_met=met,
     )
-    return 0 if many_failed == 0 else 1
+    return {"p99_ms": load["p99_ms"], "target_met": met, "failed": many_failed}
+
+
+async def repeated(args: argparse.Namespace) -> int:
+    """``--repeat`` measurements one after the other; with more than one, a summary line: on a
+    shared machine one run says little, how many of N met the target says more."""
+    runs = [await measure(args) for _ in range(args.repeat)]
+    if args.repeat > 1:
+        p99 = sorted(r["p99_ms"] for r in runs)
+        report.result("sse-repeat", clients=args.clients, repeats=args.repeat,
+                      met=sum(1 for r in runs if r["target_met"]), p99_ms_min=p99[0],
+                      p99_ms_median=p99[len(p99) // 2], p99_ms_max=p99[-1],
+                      failed_clients=sum(max(r["failed"], 0) for r in runs))
+    return 0 if all(r["failed"] == 0 for r in runs) else 1
 
 
 def main(argv: list[str]) -> int:
@@ -385,7 +407,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--client-procs", type=int, default=1,
                         help="processes the loaded phase's clients are spread over")
     parser.add_argument("--interval-ms", type=float, default=20.0, help="pause between events")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measurements in a row (each with a fresh gateway), then a summary line")
     args = parser.parse_args(argv)
-    return asyncio.run(measure(args))
+    return asyncio.run(repeated(args))
 
 
