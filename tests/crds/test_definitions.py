@@ -178,7 +178,7 @@ def test_a_workflow_agent_is_the_run_agent() -> None:
     # Then spec.agent of a workflow is spec.agent of a run, but for its description
     run_agent.pop("description")
     workflow_agent.pop("description")
-    assert workflow_agent == run_agent, "run scripts/sync-crds: it copies spec.agent of crds/agentrun.yaml into crds/agentworkflow.yaml"
+    assert workflow_agent == run_agent, "run scripts/sync-crds: it copies the run's spec.agent into the workflow CRD"
     # And a step's overrides have the run agent's bounds
     step = spec_of("AgentWorkflow")["properties"]["steps"]["items"]["properties"]
     for field in ("model", "systemPrompt", "tools", "maxIterations", "script"):
