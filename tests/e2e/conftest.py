@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -48,6 +48,15 @@ class Operator:
         self.proc = self.bed.start_operator()
         return self.proc
 
+    @contextlib.contextmanager
+    def down(self, **env: str) -> Iterator[None]:
+        """Killed for the block, then started again with ``env``."""
+        self.proc.kill()
+        try:
+            yield
+        finally:
+            self.proc = self.bed.start_operator(**env)
+
 
 @pytest.fixture(scope="session")
 def operator(bed: harness.Bed) -> Operator:
@@ -57,10 +66,7 @@ def operator(bed: harness.Bed) -> Operator:
 @pytest.fixture
 def namespace(bed: harness.Bed) -> Iterator[str]:
     """A namespace of one test, with a WorkerPool "default" whose queue is this test's own."""
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
-                "metadata": {"name": "default", "namespace": name}, "spec": {}})
+    name = bed.new_namespace()
     started = len(bed.procs)
     yield name
     for proc in bed.procs[started:]:

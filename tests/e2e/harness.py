@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -162,6 +163,14 @@ class Bed:
         import lightkube.codecs
 
         return kube.to_dict(self.api.create(lightkube.codecs.from_dict(obj)))
+
+    def new_namespace(self) -> str:
+        """A namespace of its own with a WorkerPool "default" (queue ``agentrun.<namespace>.default``)."""
+        name = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
+                     "metadata": {"name": "default", "namespace": name}, "spec": {}})
+        return name
 
     def get_run(self, namespace: str, name: str) -> dict[str, Any]:
         return kube.to_dict(self.api.get(kube.AgentRun, name, namespace=namespace))

@@ -173,8 +173,7 @@ def test_a_run_deleted_while_the_operator_is_down_is_stopped_by_its_worker(
     bed.start_worker(f"agentrun.{namespace}.default", AGENTRUN_HEARTBEAT_SECONDS="1", **WORKER_ENV)
     uid = bed.create(agentrun(namespace, "orphaned", SLOW))["metadata"]["uid"]
     harness.wait_until(lambda: streaming(bed, uid), 20, "the run to stream")
-    operator.proc.kill()
-    try:
+    with operator.down(**OPERATOR_ENV):
         # When the AgentRun is deleted, the delete does not wait for the missing operator
         bed.api.delete(kube.AgentRun, "orphaned", namespace=namespace)
         assert gone(bed, namespace, "orphaned")
@@ -183,8 +182,6 @@ def test_a_run_deleted_while_the_operator_is_down_is_stopped_by_its_worker(
         assert (last["status"], last["reason"]) == ("stopped", "RunDeleted"), last
         row = bed.db_row(uid)
         assert row is not None and (row["status"], row["reason"]) == ("Stopped", "RunDeleted"), row
-    finally:
-        operator.proc = bed.start_operator(**OPERATOR_ENV)
 
 
 def test_a_stop_set_while_the_operator_is_down_is_honoured_by_the_worker_at_its_heartbeat(
@@ -195,8 +192,7 @@ def test_a_stop_set_while_the_operator_is_down_is_honoured_by_the_worker_at_its_
     bed.start_worker(f"agentrun.{namespace}.default", AGENTRUN_HEARTBEAT_SECONDS="1", **WORKER_ENV)
     uid = bed.create(agentrun(namespace, "unheard", SLOW))["metadata"]["uid"]
     harness.wait_until(lambda: streaming(bed, uid), 20, "the run to stream")
-    operator.proc.kill()
-    try:
+    with operator.down(**OPERATOR_ENV):
         # When the stop is set on the resource (kubectl patch --type merge -p '{"spec":{"stop":true}}')
         bed.patch_spec(namespace, "unheard", {"stop": True})
         # Then the worker reads it at its next heartbeat and stops the run well before its end
@@ -205,8 +201,6 @@ def test_a_stop_set_while_the_operator_is_down_is_honoured_by_the_worker_at_its_
         assert not any(e["type"] == "assistant" and "word39" in e.get("text", "") for e in events_of(bed, uid))
         status = bed.wait_phase(namespace, "unheard", "Stopped", "Succeeded", "Failed")["status"]
         assert (status["phase"], status["reason"]) == ("Stopped", "StopRequested"), status
-    finally:
-        operator.proc = bed.start_operator(**OPERATOR_ENV)
 
 
 def test_queued_runs_of_a_deleted_pool_fail_pool_deleted_after_the_grace(bed: harness.Bed, namespace: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -103,10 +102,7 @@ def test_a_redis_restart_mid_run_loses_no_final_state_and_runs_nothing_twice(
     private: tuple[harness.Bed, RedisServer],
 ) -> None:
     bed, server = private
-    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
-    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
-                "metadata": {"name": "default", "namespace": namespace}, "spec": {}})
+    namespace = bed.new_namespace()
     queue = f"agentrun.{namespace}.default"
     # Given a worker renewing its lease every 2 s, streaming a long answer
     worker = bed.start_worker(queue, AGENTRUN_LEASE_RENEW_SECONDS="2")
@@ -156,10 +152,7 @@ def test_a_stop_whose_flag_a_redis_restart_erased_still_stops_the_run(
     private: tuple[harness.Bed, RedisServer],
 ) -> None:
     bed, server = private
-    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
-    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
-                "metadata": {"name": "default", "namespace": namespace}, "spec": {}})
+    namespace = bed.new_namespace()
     queue = f"agentrun.{namespace}.default"
     # Given a queued run (no worker yet) whose stop was requested: the operator wrote the flag
     uid = bed.create(agentrun(namespace, "halted"))["metadata"]["uid"]

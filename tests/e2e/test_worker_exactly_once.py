@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,14 +50,6 @@ def private_bed(tmp_path_factory: pytest.TempPathFactory, rabbit_node: Any, redi
         server.stop()
 
 
-def new_namespace(bed: harness.Bed) -> str:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    bed.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    bed.create({"apiVersion": "agentrun.io/v1alpha1", "kind": "WorkerPool",
-                "metadata": {"name": "default", "namespace": name}, "spec": {}})
-    return name
-
-
 def slow_run(namespace: str, name: str, turns: int, delay_ms: int, **spec: Any) -> dict[str, Any]:
     script = [{"text": f"turn-{i}", "chunkDelayMs": delay_ms} for i in range(turns)]
     return {"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
@@ -72,7 +63,7 @@ def test_a_run_longer_than_the_consumer_timeout_is_redelivered_and_still_execute
     private_bed: harness.Bed, rabbit_node: Any
 ) -> None:
     bed = private_bed
-    namespace = new_namespace(bed)
+    namespace = bed.new_namespace()
     queue = f"agentrun.{namespace}.default"
     # Given a broker whose delivery acknowledgement timeout is 2 s, checked every 250 ms (not
     # once a minute), and a worker whose channels are opened after the change

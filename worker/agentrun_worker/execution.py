@@ -132,9 +132,8 @@ class Execution:
         self.thread = threads.ThreadSlot(clients.redis, msg.thread_id, uid=msg.uid, namespace=msg.namespace,
                                          name=msg.name, ttl_seconds=config.lease_ttl_seconds)
         self._recorded = False
-        self.stop_on_resource = False
-        """The resource said ``spec.stop: true`` (at admission or a heartbeat)."""
-        self.watch: stopping.StopWatch | None = None
+        self.watch = stopping.StopWatch(clients.redis, msg.uid)
+        """Started once the run is admitted; the resource's ``spec.stop`` is fed to it as well."""
         self.toolbox = mcp.Toolbox()  # the run's MCP servers, closed when the run ends in any way
 
     # -- 1. admission -------------------------------------------------------------------------
@@ -166,7 +165,8 @@ class Execution:
             logger.info("run.skipped", why="stale attempt", current=status.get("attempt"))
             await self.lease.release()
             return False
-        self.stop_on_resource = bool((obj.get("spec") or {}).get("stop"))
+        if (obj.get("spec") or {}).get("stop"):  # its Redis flag erased by a restart, or never written
+            self.watch.request(stopping.STOP_REQUESTED)
         return True
 
     # -- 2. lease and heartbeat ---------------------------------------------------------------
@@ -213,9 +213,7 @@ class Execution:
                 {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
             )
             if (patched.get("spec") or {}).get("stop") and patched["metadata"].get("uid") == self.msg.uid:
-                self.stop_on_resource = True
-                if self.watch is not None:
-                    self.watch.request(stopping.STOP_REQUESTED)
+                self.watch.request(stopping.STOP_REQUESTED)
         except kube.ApiError as exc:
             if kube.is_not_found(exc):
                 logger.warning("run.resource_deleted")
@@ -238,14 +236,10 @@ class Execution:
         if not await self._admit():
             return
         keeper = asyncio.get_running_loop().create_task(self._keep_lease())
-        watch = self.watch = stopping.StopWatch(self.c.redis, self.msg.uid)
         try:
-            await watch.start()
-            if self.stop_on_resource:  # its Redis flag erased by a restart, or never written
-                watch.request(stopping.STOP_REQUESTED)
-            if watch.requested.is_set():
-                reason = watch.reason or "StopRequested"
-                await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + " before it started")
+            await self.watch.start()
+            if self.watch.requested.is_set():
+                await self._finish_stopped(" before it started")
                 return
             if not await self._take_thread():
                 return
@@ -256,13 +250,13 @@ class Execution:
                 return
             if not await self._start(user_input):
                 return
-            await self._execute(user_input, watch)
+            await self._execute(user_input)
         finally:
             await self.toolbox.aclose()
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            await watch.close()
+            await self.watch.close()
             if self.handed_back:
                 await self.lease.hand_back()
                 with contextlib.suppress(Exception):
@@ -371,7 +365,7 @@ class Execution:
         logger.info("run.started")
         return True
 
-    async def _execute(self, user_input: str | list[dict[str, Any]], watch: stopping.StopWatch) -> None:
+    async def _execute(self, user_input: str | list[dict[str, Any]]) -> None:
         msg = self.msg
         if workflows.is_workflow(msg.spec):
             try:
@@ -380,28 +374,26 @@ class Execution:
                     str(part.get("text", "")) for part in user_input if part.get("type") == "text")
                 runner = await workflows.executor(msg, user_input=text, writer=self.writer, db=self.c.store,
                                                   settings=runtime.worker_config(), toolbox=self.toolbox,
-                                                  stop=watch.requested)
+                                                  stop=self.watch.requested)
             except (workflows.Refused, mcp.ServerUnavailable) as exc:
                 await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
                 return
             except mcp.Interrupted:
-                reason = watch.reason or "StopRequested"
-                await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason))
+                await self._finish_stopped()
                 return
-            await self._drive(runner, watch)
+            await self._drive(runner)
             return
         agent_spec = msg.spec.get("agent") or {}
         if not isinstance(user_input, str):  # the text of content parts, for the scripted echo
             user_input = " ".join(str(p.get("text", "")) for p in user_input if p.get("type") == "text")
         try:
             provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
-            registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox, watch.requested)
+            registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox, self.watch.requested)
         except (providers_base.ProviderUnavailable, tools.ToolNotFound, mcp.ServerUnavailable) as exc:
             await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
             return
         except mcp.Interrupted:
-            reason = watch.reason or "StopRequested"
-            await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason))
+            await self._finish_stopped()
             return
         stored = [m for m in await _thread_messages(self.c.store, msg.thread_id)
                   if m.role in ("user", "assistant", "tool")]
@@ -419,13 +411,13 @@ class Execution:
         )
         if resumed:
             logger.info("run.resumed", after_iteration=len(resumed))
-        await self._drive(loop, watch)
+        await self._drive(loop)
 
-    async def _drive(self, loop: agent.AgentLoop | workflows.Executor, watch: stopping.StopWatch) -> None:
+    async def _drive(self, loop: agent.AgentLoop | workflows.Executor) -> None:
         """Run the loop until it ends, or a stop, the deadline, a lost lease or a hand-back ends it."""
         msg = self.msg
         task = asyncio.get_running_loop().create_task(loop.run())
-        stop_wait = asyncio.get_running_loop().create_task(watch.requested.wait())
+        stop_wait = asyncio.get_running_loop().create_task(self.watch.requested.wait())
         lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())
         handback_wait = asyncio.get_running_loop().create_task(shutdown.handback_requested().wait())
         timeout = msg.spec.get("timeoutSeconds")
@@ -449,8 +441,7 @@ class Execution:
                 logger.error("run.abandoned", why="lease lost: another worker may own this run")
                 return
             if stop_wait in done:  # a stop wins over a hand-back: the user asked for the run to end
-                reason = watch.reason or "StopRequested"
-                await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason), outcome=loop.outcome)
+                await self._finish_stopped(outcome=loop.outcome)
             elif handback_wait in done:
                 self.handed_back = True
                 await self.writer.flush()
@@ -472,6 +463,11 @@ class Execution:
         await self._finish(phases.Phase.SUCCEEDED, outcome.reason, "", outcome=outcome)
 
     # -- 5. the final state ---------------------------------------------------------------------
+
+    async def _finish_stopped(self, when: str = "", *, outcome: agent.Outcome | None = None) -> None:
+        """End the run ``Stopped`` for the reason its stop watch learned (``when``: appended to the text)."""
+        reason = self.watch.reason or stopping.STOP_REQUESTED
+        await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + when, outcome=outcome)
 
     async def _finish(
         self,
