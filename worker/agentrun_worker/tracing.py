@@ -42,7 +42,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -452,41 +452,54 @@ def invoke_agent(agent: dict[str, Any], *, run_id: str, thread_id: str, user_inp
     ident = identity()
     agent_name = str(agent.get("name") or ident.get("name") or "agent")
     provider, model = _split_model(str(agent.get("model", "")))
-    otel_cm: Any = None
-    otel_span = lf_obs = lf_ctx = None
+    lf_obs = lf_ctx = None
     if backends.langfuse is not None:  # first, so that no OpenTelemetry span of ours is current
         try:
             lf_obs, lf_ctx = _langfuse_root(backends.langfuse, agent_name, run_id, thread_id, user_input, ident,
                                             model)
         except Exception as exc:  # a tracing fault never fails a run
             logger.warning("tracing.langfuse_failed", error=str(exc))
+    attributes = {k: v for k, v in {
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": provider, "gen_ai.system": provider,
+        "gen_ai.agent.name": agent_name, "gen_ai.request.model": model, "gen_ai.conversation.id": thread_id,
+        "agentrun.run_id": run_id, "agentrun.namespace": ident.get("namespace"),
+        "agentrun.name": ident.get("name"), "agentrun.attempt": ident.get("attempt"),
+    }.items() if v is not None}
+    with _spans(backends, f"invoke_agent {agent_name}", "INTERNAL", attributes, lambda: lf_obs) as (otel_span, _):
+        run = RunObservation(backends, otel_span, lf_obs, lf_ctx)
+        run.provider, run.model, run.thread_id = provider, model, thread_id
+        run.parameters = {k: v for k, v in (("reasoning_effort", agent.get("reasoningEffort")),
+                                            ("enable_thinking", agent.get("enableThinking"))) if v}
+        token = _current_run.set(run)
+        try:
+            yield run
+        except BaseException as exc:
+            run._failed(exc)
+            if not expected(exc):
+                capture(exc)
+            raise
+        finally:
+            _current_run.reset(token)
+
+
+@contextlib.contextmanager
+def _spans(backends: Backends, name: str, kind: str, attributes: dict[str, Any],
+           langfuse: Callable[[], Any]) -> Iterator[tuple[Any, Any]]:
+    """One step's OpenTelemetry span (``kind``: a ``SpanKind`` name), current inside the block,
+    and its Langfuse observation (made by ``langfuse`` once the span is current); None for a
+    backend that is off. Both end with the block; failures are recorded by the caller."""
+    otel_cm: Any = None
+    otel_span = None
     if backends.otel is not None:
         from opentelemetry.trace import SpanKind
 
         otel_cm = backends.otel.start_as_current_span(
-            f"invoke_agent {agent_name}", kind=SpanKind.INTERNAL, record_exception=False,
-            set_status_on_exception=False,
-            attributes={k: v for k, v in {
-                "gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": provider, "gen_ai.system": provider,
-                "gen_ai.agent.name": agent_name, "gen_ai.request.model": model, "gen_ai.conversation.id": thread_id,
-                "agentrun.run_id": run_id, "agentrun.namespace": ident.get("namespace"),
-                "agentrun.name": ident.get("name"), "agentrun.attempt": ident.get("attempt"),
-            }.items() if v is not None})
+            name, kind=SpanKind[kind], record_exception=False, set_status_on_exception=False, attributes=attributes)
         otel_span = otel_cm.__enter__()
-    run = RunObservation(backends, otel_span, lf_obs, lf_ctx)
-    run.provider, run.model, run.thread_id = provider, model, thread_id
-    run.parameters = {k: v for k, v in (("reasoning_effort", agent.get("reasoningEffort")),
-                                        ("enable_thinking", agent.get("enableThinking"))) if v}
-    token = _current_run.set(run)
+    lf_obs = langfuse()
     try:
-        yield run
-    except BaseException as exc:
-        run._failed(exc)
-        if not expected(exc):
-            capture(exc)
-        raise
+        yield otel_span, lf_obs
     finally:
-        _current_run.reset(token)
         if otel_cm is not None:
             otel_cm.__exit__(None, None, None)
         if lf_obs is not None:
@@ -515,32 +528,19 @@ def chat(messages: list[dict[str, Any]], *, iteration: int) -> Iterator[ChatObse
     if run is None:
         yield ChatObservation(Backends(), None, None)
         return
-    backends = run._backends
-    otel_span = None
-    otel_cm: Any = None
-    if backends.otel is not None:
-        from opentelemetry.trace import SpanKind
-
-        otel_cm = backends.otel.start_as_current_span(
-            f"chat {run.model}", kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
-            attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": run.provider,
-                        "gen_ai.system": run.provider, "gen_ai.request.model": run.model,
-                        "gen_ai.conversation.id": run.thread_id, "agentrun.iteration": iteration})
-        otel_span = otel_cm.__enter__()
-    lf_obs = run._child(f"chat {run.model}", "generation", model=run.model, input=list(messages),
-                        model_parameters=run.parameters or None, metadata={"iteration": iteration})
-    observation = ChatObservation(backends, otel_span, lf_obs)
-    observation._content("gen_ai.input.messages", messages)
-    try:
-        yield observation
-    except BaseException as exc:
-        observation._failed(exc)
-        raise
-    finally:
-        if otel_cm is not None:
-            otel_cm.__exit__(None, None, None)
-        if lf_obs is not None:
-            lf_obs.end()
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": run.provider,
+                  "gen_ai.system": run.provider, "gen_ai.request.model": run.model,
+                  "gen_ai.conversation.id": run.thread_id, "agentrun.iteration": iteration}
+    with _spans(run._backends, f"chat {run.model}", "CLIENT", attributes, lambda: run._child(
+            f"chat {run.model}", "generation", model=run.model, input=list(messages),
+            model_parameters=run.parameters or None, metadata={"iteration": iteration})) as (otel_span, lf_obs):
+        observation = ChatObservation(run._backends, otel_span, lf_obs)
+        observation._content("gen_ai.input.messages", messages)
+        try:
+            yield observation
+        except BaseException as exc:
+            observation._failed(exc)
+            raise
 
 
 @contextlib.contextmanager
@@ -550,28 +550,15 @@ def execute_tool(name: str, *, call_id: str, arguments: str) -> Iterator[ToolObs
     if run is None:
         yield ToolObservation(Backends(), None, None)
         return
-    backends = run._backends
-    otel_span = None
-    otel_cm: Any = None
-    if backends.otel is not None:
-        from opentelemetry.trace import SpanKind
-
-        otel_cm = backends.otel.start_as_current_span(
-            f"execute_tool {name}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False,
-            attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
-                        "gen_ai.tool.call.id": call_id, "gen_ai.tool.type": "function",
-                        "gen_ai.conversation.id": run.thread_id})
-        otel_span = otel_cm.__enter__()
-    lf_obs = run._child(name, "tool", input=arguments, metadata={"call_id": call_id})
-    observation = ToolObservation(backends, otel_span, lf_obs)
-    observation._content("gen_ai.tool.call.arguments", arguments)
-    try:
-        yield observation
-    except BaseException as exc:
-        observation._failed(exc)
-        raise
-    finally:
-        if otel_cm is not None:
-            otel_cm.__exit__(None, None, None)
-        if lf_obs is not None:
-            lf_obs.end()
+    attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+                  "gen_ai.tool.call.id": call_id, "gen_ai.tool.type": "function",
+                  "gen_ai.conversation.id": run.thread_id}
+    with _spans(run._backends, f"execute_tool {name}", "INTERNAL", attributes, lambda: run._child(
+            name, "tool", input=arguments, metadata={"call_id": call_id})) as (otel_span, lf_obs):
+        observation = ToolObservation(run._backends, otel_span, lf_obs)
+        observation._content("gen_ai.tool.call.arguments", arguments)
+        try:
+            yield observation
+        except BaseException as exc:
+            observation._failed(exc)
+            raise
