@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import pathlib
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 from tests.e2e import harness
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, redis_url: str,
         postgres_dsn: str) -> Iterator[harness.Bed]:
-    import asyncio
-
-    from agentrun import emulator, store
-
-    asyncio.run(store.migrate_url(postgres_dsn))
-    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
-    server = emulator.EmulatorServer(crds=crds)
-    server.start()
-    state = tmp_path_factory.mktemp("bed")
-    kubeconfig = server.write_kubeconfig(state / "kubeconfig")
-    bed = harness.Bed(kubeconfig=kubeconfig, amqp_url=amqp_url, redis_url=redis_url, database_url=postgres_dsn,
-                      log_dir=state, emulator=server)
-    try:
+    with harness.emulated_bed(tmp_path_factory.mktemp("bed"), amqp_url=amqp_url, redis_url=redis_url,
+                              database_url=postgres_dsn) as bed:
         yield bed
-    finally:
-        bed.stop_all()
-        server.stop()
 
 
 class Operator:

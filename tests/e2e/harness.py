@@ -7,6 +7,7 @@ workers (``dramatiq``) run as real subprocesses against real RabbitMQ, Redis and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ import pika
 from agentrun import kube
 
 BIN = pathlib.Path(sys.executable).parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -86,6 +88,27 @@ class Proc:
                 self.kill()
         if hasattr(self, "_log"):
             self._log.close()
+
+
+@contextlib.contextmanager
+def emulated_bed(state: pathlib.Path, *, amqp_url: str, redis_url: str, database_url: str) -> Iterator[Bed]:
+    """A bed on an API emulator of its own serving crds/, over a migrated database; its
+    processes and the emulator are stopped when the block ends."""
+    import yaml
+
+    from agentrun import emulator, store
+
+    asyncio.run(store.migrate_url(database_url))
+    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    server = emulator.EmulatorServer(crds=crds)
+    server.start()
+    bed = Bed(kubeconfig=server.write_kubeconfig(state / "kubeconfig"), amqp_url=amqp_url, redis_url=redis_url,
+              database_url=database_url, log_dir=state, emulator=server)
+    try:
+        yield bed
+    finally:
+        bed.stop_all()
+        server.stop()
 
 
 class Bed:

@@ -7,18 +7,15 @@ disturbs nothing else. Workers, Redis and PostgreSQL are the real ones.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 
 import dramatiq
 import pytest
-import yaml
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from agentrun import kube, streams
 from tests.e2e import harness
-from tests.e2e.conftest import ROOT
 from tests.e2e.test_recovery import OPERATOR_ENV, WORKER_ENV, agentrun, events_of, sample
 from tests.rabbitnode import RabbitNode
 
@@ -33,22 +30,11 @@ SCRIPT = [{"text": TEXT, "chunkDelayMs": 100}]  # ~2 s per run
 def outage_bed(tmp_path_factory: pytest.TempPathFactory, rabbit_node: RabbitNode, redis_url: str,
                postgres_dsn: str) -> Iterator[tuple[harness.Bed, harness.Proc]]:
     """An emulator, bed and operator of this module's own, on the private RabbitMQ node."""
-    from agentrun import emulator, store
-
-    asyncio.run(store.migrate_url(postgres_dsn))
-    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
-    server = emulator.EmulatorServer(crds=crds)
-    server.start()
-    state = tmp_path_factory.mktemp("outage")
-    bed = harness.Bed(kubeconfig=server.write_kubeconfig(state / "kubeconfig"), amqp_url=rabbit_node.amqp_url,
-                      redis_url=redis_url, database_url=postgres_dsn, log_dir=state, emulator=server)
-    try:
+    with harness.emulated_bed(tmp_path_factory.mktemp("outage"), amqp_url=rabbit_node.amqp_url,
+                              redis_url=redis_url, database_url=postgres_dsn) as bed:
         operator = bed.start_operator(AGENTRUN_RABBITMQ_MANAGEMENT_URL=rabbit_node.management_url,
                                       AGENTRUN_BROKER_STATS_INTERVAL_SECONDS="1", **OPERATOR_ENV)
         yield bed, operator
-    finally:
-        bed.stop_all()
-        server.stop()
 
 
 @pytest.fixture

@@ -19,14 +19,12 @@ shared Redis, which must never be restarted.
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 import redis
-import yaml
 
 from agentrun import keys, streams
 from tests.e2e import harness
@@ -34,7 +32,6 @@ from tests.e2e.test_runs import agentrun, stream_events
 
 pytestmark = pytest.mark.e2e
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # 25 turns of 8 words, 60 ms a word: about 12 s of streaming, so the restart falls mid-run.
 SLOW = [{"text": " ".join(f"w{turn}-{i}" for i in range(8)), "chunkDelayMs": 60} for turn in range(25)]
@@ -77,24 +74,14 @@ class RedisServer:
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory, amqp_url: str,
             postgres_dsn: str) -> Iterator[tuple[harness.Bed, RedisServer]]:
-    from agentrun import emulator, store
-
     state = tmp_path_factory.mktemp("redis-restart")
     server = RedisServer(state)
     server.start()
-    asyncio.run(store.migrate_url(postgres_dsn))
-    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
-    api = emulator.EmulatorServer(crds=crds)
-    api.start()
-    kubeconfig = api.write_kubeconfig(state / "kubeconfig")
-    bed = harness.Bed(kubeconfig=kubeconfig, amqp_url=amqp_url, redis_url=server.url, database_url=postgres_dsn,
-                      log_dir=state, emulator=api)
     try:
-        bed.start_operator()
-        yield bed, server
+        with harness.emulated_bed(state, amqp_url=amqp_url, redis_url=server.url, database_url=postgres_dsn) as bed:
+            bed.start_operator()
+            yield bed, server
     finally:
-        bed.stop_all()
-        api.stop()
         server.kill()
 
 

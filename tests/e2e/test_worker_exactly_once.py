@@ -9,13 +9,11 @@ broker. The others use the session's bed.
 from __future__ import annotations
 
 import asyncio
-import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import yaml
 
 from agentrun import broker, keys, message
 from tests.e2e import harness
@@ -23,7 +21,6 @@ from tests.e2e.test_runs import stream_events
 
 pytestmark = pytest.mark.e2e
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 RABBIT_DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
 RABBIT_DEFAULT_TICK_MS = 60_000
 TURNS = 12
@@ -33,21 +30,10 @@ TURNS = 12
 def private_bed(tmp_path_factory: pytest.TempPathFactory, rabbit_node: Any, redis_url: str,
                 postgres_dsn: str) -> Iterator[harness.Bed]:
     """An emulator, an operator and workers of their own on the private RabbitMQ node."""
-    from agentrun import emulator, store
-
-    asyncio.run(store.migrate_url(postgres_dsn))
-    crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
-    server = emulator.EmulatorServer(crds=crds)
-    server.start()
-    state = tmp_path_factory.mktemp("private-bed")
-    bed = harness.Bed(kubeconfig=server.write_kubeconfig(state / "kubeconfig"), amqp_url=rabbit_node.amqp_url,
-                      redis_url=redis_url, database_url=postgres_dsn, log_dir=state, emulator=server)
-    try:
+    with harness.emulated_bed(tmp_path_factory.mktemp("private-bed"), amqp_url=rabbit_node.amqp_url,
+                              redis_url=redis_url, database_url=postgres_dsn) as bed:
         bed.start_operator()
         yield bed
-    finally:
-        bed.stop_all()
-        server.stop()
 
 
 def slow_run(namespace: str, name: str, turns: int, delay_ms: int, **spec: Any) -> dict[str, Any]:
