@@ -86,7 +86,7 @@ class Lease:
                 current = raw.decode() if isinstance(raw, bytes) else raw
                 if current is None or not allowed(current):
                     return False
-                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
                 if value is None:
                     pipe.delete(self._key)
                 else:

@@ -100,4 +100,4 @@ class StopWatch:
                 await self._task
         with contextlib.suppress(Exception):
             await self._pubsub.unsubscribe()
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]

@@ -133,7 +133,7 @@ class ThreadSlot:
                         member = _text(raw) or ""
                         if _uid(member) != self._uid and (float(score), member) < (order, self._label):
                             return member
-                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
                     pipe.set(self._owner_key, self._label, px=self._ttl_ms)
                     pipe.zrem(self._line_key, self._label)
                     await pipe.execute()
@@ -173,7 +173,7 @@ class ThreadSlot:
                 last = _text(await pipe.get(mark))
                 if last is not None and now_ms - int(last) < poll_ms // 2:
                     return None
-                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
                 # Alive for three polls: a late delayed message does not lose its place.
                 pipe.set(mark, str(now_ms), px=3 * poll_ms + 5_000)
                 await pipe.execute()
@@ -205,7 +205,7 @@ class ThreadSlot:
                 await pipe.watch(self._owner_key)
                 if _text(await pipe.get(self._owner_key)) != self._label:
                     return False
-                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
                 if value is None:
                     pipe.delete(self._owner_key)
                 else:
