@@ -13,14 +13,13 @@ import pytest
 
 from agentrun import kube, streams
 from tests.e2e import harness
-from tests.e2e.test_recovery import (
+from tests.e2e.scenarios import (
     OPERATOR_ENV,
     POOL_MISSING_GRACE,
     SLOW,
     WORKER_ENV,
     agentrun,
     events_of,
-    fast_operator,  # noqa: F401  (the fixture, used by every test here)
     sample,
     streaming,
     warning_events,
