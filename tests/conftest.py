@@ -47,6 +47,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from tests.e2e import rbac
 
+    # pytest-xdist schedules by node id: two tests sharing one would run as one.
+    seen: set[str] = set()
+    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    if twice:
+        raise pytest.UsageError(f"tests share node ids, so only one of each would run in parallel: {twice}")
     rbac.selected(config, items)
 
 

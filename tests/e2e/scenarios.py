@@ -73,6 +73,16 @@ def events_of(bed: harness.Bed, uid: str) -> list[dict[str, Any]]:
     return stream_events(bed.redis_url, uid)
 
 
+def terminal_event(bed: harness.Bed, uid: str, timeout: float = 10) -> dict[str, Any]:
+    """The run's terminal stream event, waited for: a run ends database, resource, then stream,
+    so a reader that saw the phase may be a moment ahead of the stream."""
+    def last() -> dict[str, Any] | None:
+        events = events_of(bed, uid)
+        return events[-1] if events and streams.is_terminal(events[-1]) else None
+
+    return harness.wait_until(last, timeout, f"the terminal event of run {uid}")  # type: ignore[no-any-return]
+
+
 def streaming(bed: harness.Bed, uid: str) -> bool:
     return any(e["type"] == streams.ASSISTANT for e in events_of(bed, uid))
 

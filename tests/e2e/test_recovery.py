@@ -30,6 +30,7 @@ from tests.e2e.scenarios import (
     sample,
     scrape,
     streaming,
+    terminal_event,
     warning_events,
 )
 
@@ -116,7 +117,7 @@ def test_a_run_out_of_attempts_fails_worker_lost_and_its_stream_ends(
     complete = next(c for c in status["conditions"] if c["type"] == "Complete")
     assert (complete["status"], complete["reason"]) == ("False", "WorkerLost")
     # And the stream ends with the terminal status event, so readers do not hang
-    last = events_of(bed, uid)[-1]
+    last = terminal_event(bed, uid)
     assert (last["type"], last["status"], last["reason"]) == ("status", "failed", "WorkerLost")
     # And the database and the Events agree
     row = bed.db_row(uid)
@@ -141,7 +142,7 @@ def test_a_stop_requested_while_the_worker_is_gone_ends_the_run_stopped(
     # Then the operator ends it Stopped instead of re-queueing it
     status = bed.wait_phase(namespace, "orphan", "Stopped", "Failed", "Succeeded", "Queued", timeout=30)["status"]
     assert (status["phase"], status["reason"], status["attempt"]) == ("Stopped", "StopRequested", 1), status
-    last = events_of(bed, uid)[-1]
+    last = terminal_event(bed, uid)
     assert (last["type"], last["status"]) == ("status", "stopped")
     assert bed.db_row(uid)["status"] == "Stopped"  # type: ignore[index]
 
