@@ -7,6 +7,7 @@ message saying how to start it. Nothing is ever skipped for a missing service.
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import socket
@@ -48,8 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from tests.e2e import rbac
 
     # pytest-xdist schedules by node id: two tests sharing one would run as one.
-    seen: set[str] = set()
-    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    twice = sorted(nodeid for nodeid, n in collections.Counter(item.nodeid for item in items).items() if n > 1)
     if twice:
         raise pytest.UsageError(f"tests share node ids, so only one of each would run in parallel: {twice}")
     rbac.selected(config, items)
@@ -72,6 +72,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.workeroutput.update(rbac.worker_output(config))
         return
     problems = rbac.verdict(config)
+    summary = rbac.summary(config)
+    if summary:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(summary)
     if problems:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:

@@ -55,9 +55,11 @@ def namespace(bed: harness.Bed) -> Iterator[str]:
     name = bed.new_namespace()
     started = len(bed.procs)
     yield name
-    for proc in bed.procs[started:]:
-        if proc.name == "worker":
-            proc.stop()
+    workers = [proc for proc in bed.procs[started:] if proc.name == "worker"]
+    for proc in workers:  # all shut down at once, then each is waited for
+        proc.terminate()
+    for proc in workers:
+        proc.stop()
     bed.delete_queues(f"agentrun.{name}.default")
 
 

@@ -77,11 +77,15 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(10)
 
-    def stop(self, timeout: float = 15) -> None:
+    def terminate(self) -> None:
+        """SIGTERM to the main process only, as the kubelet does: Dramatiq's main process
+        forwards it; a second signal to its children would make them hard-kill."""
         if self.popen is not None and self.popen.poll() is None:
-            # SIGTERM to the main process only, as the kubelet does: Dramatiq's main process
-            # forwards it; a second signal to its children would make them hard-kill.
             self.popen.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 15) -> None:
+        self.terminate()
+        if self.popen is not None and self.popen.poll() is None:
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -177,6 +181,8 @@ class Bed:
         return proc
 
     def stop_all(self) -> None:
+        for proc in self.procs:  # all shut down at once, then each is waited for
+            proc.terminate()
         for proc in self.procs:
             proc.stop()
 
