@@ -100,9 +100,9 @@ def selected(config: pytest.Config, items: list[pytest.Item]) -> None:
 
 
 def worker_output(config: pytest.Config) -> dict[str, Any]:
-    calls: set[Call] = config.stash.setdefault(CALLS, set())
+    made: set[Call] = config.stash.setdefault(CALLS, set())
     files: set[str] = config.stash.setdefault(E2E_FILES, set())
-    return {"rbac_calls": sorted(calls), "rbac_e2e_files": sorted(files)}
+    return {"rbac_calls": sorted(made), "rbac_e2e_files": sorted(files)}
 
 
 def merge(config: pytest.Config, output: dict[str, Any]) -> None:
