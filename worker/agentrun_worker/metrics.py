@@ -197,6 +197,12 @@ class Metrics(dramatiq.Middleware):
         self.after_process_message(broker, message)
 
 
+def families() -> list[prometheus_client.Metric]:
+    """Every metric family a worker serves, without samples (the chart's tests check the
+    dashboard's queries against them)."""
+    return [family for metric in vars(_Series()).values() for family in metric.collect()]
+
+
 def run_started(queue: str) -> None:
     if _series is not None:
         _series.runs_started.labels(queue).inc()
