@@ -245,6 +245,7 @@ def test_the_keda_and_adapter_queries_equal_the_operator_s_backlog_as_runs_queue
         follower.stop()
 
     # Then every value the operator reported on the way reached both queries within two scrape intervals
+    print("lags (backlog, seconds):", [(b, round(seconds, 3)) for b, seconds in follower.lags])  # pytest -s
     backlogs = [b for b, _ in follower.lags]
     assert 3 in backlogs and backlogs[-1] == 0, follower.lags  # (a change quicker than a scrape is skipped)
     slow = [(b, round(s, 2)) for b, s in follower.lags if s > 2 * SCRAPE_SECONDS]

@@ -3,7 +3,7 @@
 ``binary`` finds a binary, installing the package with ``scripts/ensure-prometheus`` when it is
 missing (a test fails, never skips, when that cannot be done); ``chart_rules`` writes the chart's
 PrometheusRule as a Prometheus rule file; ``Server`` runs a Prometheus of the test's own (its
-config, a data directory in a temporary directory, a free port; never the system service the
+config, a data directory in a temporary directory, a port the kernel picks; never the system service the
 package may have started) and queries its HTTP API.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from tests.chart.rendering import CHART, only, render
-from tests.e2e.harness import Proc, free_port, wait_until
+from tests.e2e.harness import Proc, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MONITORING_VALUES = ("--values", str(CHART / "ci" / "monitoring-values.yaml"))
@@ -63,8 +64,8 @@ class Server:
     def __init__(self, workdir: pathlib.Path, jobs: list[dict[str, Any]], *, rule_files: list[pathlib.Path],
                  scrape_interval: str = "1s") -> None:
         self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""
+        """``http://127.0.0.1:<port>``, known once it listens (on a port the kernel picks: no race)."""
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
                        "scrape_timeout": scrape_interval},
@@ -80,7 +81,7 @@ class Server:
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc = Proc("prometheus", [
             binary("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle", "--log.level=warn",
+            "--web.listen-address=127.0.0.1:0", "--log.level=info",
         ], {}, workdir)
 
     def _targets_file(self, job: str) -> pathlib.Path:
@@ -99,6 +100,11 @@ class Server:
         def ready() -> bool:
             if not self.proc.alive():
                 raise AssertionError(f"prometheus exited:\n{self.proc.output()}")
+            if not self.url:
+                listening = re.search(r'msg="Listening on" address=(127\.0\.0\.1:\d+)', self.proc.output())
+                if listening is None:
+                    return False
+                self.url = f"http://{listening.group(1)}"
             try:
                 return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
             except httpx.HTTPError:
