@@ -43,6 +43,44 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.e2e import rbac
+
+    # pytest-xdist schedules by node id: two tests sharing one would run as one.
+    seen: set[str] = set()
+    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    if twice:
+        raise pytest.UsageError(f"tests share node ids, so only one of each would run in parallel: {twice}")
+    rbac.selected(config, items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist: a worker's share of the RBAC audit reaches the controller."""
+    from tests.e2e import rbac
+
+    rbac.merge(node.config, getattr(node, "workeroutput", {}))  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The RBAC audit of the whole run (tests/e2e/rbac.py): in the controller, or in the one process."""
+    from tests.e2e import rbac
+
+    config = session.config
+    if hasattr(config, "workeroutput"):  # an xdist worker: the controller judges
+        config.workeroutput.update(rbac.worker_output(config))
+        return
+    problems = rbac.verdict(config)
+    if problems:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "RBAC audit: the chart and the recorded API calls disagree", red=True)
+            for line in problems:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return REDIS_URL

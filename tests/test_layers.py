@@ -22,3 +22,18 @@ def test_operator_folder_does_not_shadow_the_standard_library() -> None:
     import operator
 
     assert pathlib.Path(operator.__file__).parent != ROOT / "operator"
+
+
+def test_no_test_module_imports_another() -> None:
+    # What several test modules share lives in helper modules (harness, scenarios, pools, ...):
+    # importing a test module would collect its tests twice and tie the modules' fixtures together.
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(ROOT)} imports {name}" for name in names
+                          if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_")]
+    assert not offenders, offenders

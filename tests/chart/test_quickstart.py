@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.chart.rendering import CHART, ROOT, helm, only, render
-from tests.chart.test_validation import KUBERNETES_VERSIONS, problems
+from tests.chart.validating import KUBERNETES_VERSIONS, problems
 
 EXAMPLES = ROOT / "examples" / "cluster"
 MANIFESTS = sorted(EXAMPLES.glob("*.yaml"))

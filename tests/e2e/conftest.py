@@ -7,15 +7,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e import harness
+from tests.e2e import harness, rbac, scenarios
 
 
 @pytest.fixture(scope="session")
-def bed(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, redis_url: str,
+def bed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, amqp_url: str, redis_url: str,
         postgres_dsn: str) -> Iterator[harness.Bed]:
     with harness.emulated_bed(tmp_path_factory.mktemp("bed"), amqp_url=amqp_url, redis_url=redis_url,
                               database_url=postgres_dsn) as bed:
-        yield bed
+        try:
+            yield bed
+        finally:
+            # every API call of this session's operator and workers, for the RBAC audit at the end of the run
+            rbac.record(request.config, rbac.calls(bed.emulator))
 
 
 class Operator:
@@ -55,3 +59,15 @@ def namespace(bed: harness.Bed) -> Iterator[str]:
         if proc.name == "worker":
             proc.stop()
     bed.delete_queues(f"agentrun.{name}.default")
+
+
+@pytest.fixture(scope="module")
+def fast_operator(bed: harness.Bed, operator: Operator) -> Iterator[harness.Proc]:
+    """The session's operator replaced by one that scans every second (restored afterwards)."""
+    operator.proc.stop()
+    operator.proc = bed.start_operator(**scenarios.OPERATOR_ENV)
+    try:
+        yield operator.proc
+    finally:
+        operator.proc.stop()
+        operator.proc = bed.start_operator()

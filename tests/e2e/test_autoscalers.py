@@ -18,7 +18,7 @@ import pytest
 
 from agentrun import kube
 from tests.e2e import harness
-from tests.e2e.test_recovery import SLOW, WORKER_ENV, agentrun, streaming
+from tests.e2e.scenarios import SLOW, WORKER_ENV, agentrun, streaming
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from agentrun import kube, streams
 from tests.e2e import harness
-from tests.e2e.test_recovery import OPERATOR_ENV, WORKER_ENV, agentrun, events_of, sample
+from tests.e2e.scenarios import OPERATOR_ENV, WORKER_ENV, agentrun, events_of, sample
 from tests.rabbitnode import RabbitNode
 
 pytestmark = pytest.mark.e2e

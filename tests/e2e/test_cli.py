@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.e2e import harness
+from tests.e2e.scenarios import manifest
 
 pytestmark = pytest.mark.e2e
 BIN = pathlib.Path(sys.executable).parent
@@ -21,14 +22,6 @@ BIN = pathlib.Path(sys.executable).parent
 def cli(bed: harness.Bed, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "agentrun"), *args], env=bed.env(), capture_output=True, text=True,
                           timeout=timeout)
-
-
-def manifest(tmp_path: pathlib.Path, name: str, namespace: str, script: list[dict[str, Any]], **spec: Any) -> str:
-    doc = {"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun", "metadata": {"name": name},
-           "spec": {"input": "hi", "agent": {"model": "scripted", "script": script}, **spec}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
 
 
 def test_submit_refuses_a_bad_manifest_naming_the_field_and_creates_nothing(

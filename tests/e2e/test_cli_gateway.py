@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.e2e import harness
-from tests.e2e.test_cli import manifest
+from tests.e2e.scenarios import manifest
 
 pytestmark = pytest.mark.e2e
 BIN = pathlib.Path(sys.executable).parent

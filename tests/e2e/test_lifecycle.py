@@ -13,16 +13,16 @@ import pytest
 
 from agentrun import kube, streams
 from tests.e2e import harness
-from tests.e2e.test_recovery import (
+from tests.e2e.scenarios import (
     OPERATOR_ENV,
     POOL_MISSING_GRACE,
     SLOW,
     WORKER_ENV,
     agentrun,
     events_of,
-    fast_operator,  # noqa: F401  (the fixture, used by every test here)
     sample,
     streaming,
+    terminal_event,
     warning_events,
 )
 
@@ -53,7 +53,7 @@ def test_a_finished_run_is_deleted_after_its_ttl_and_its_database_row_stays(
     # And its database row and stream stay
     row = bed.db_row(uid)
     assert row is not None and row["status"] == "Succeeded"
-    assert streams.is_terminal(events_of(bed, uid)[-1])
+    assert streams.is_terminal(terminal_event(bed, uid))
 
 
 def test_a_run_no_worker_starts_before_its_deadline_fails_deadline_exceeded(
@@ -68,7 +68,7 @@ def test_a_run_no_worker_starts_before_its_deadline_fails_deadline_exceeded(
     # Then it failed with DeadlineExceeded everywhere: resource, stream, database, Events
     assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded"), status
     assert "timeoutSeconds=2" in status["message"]
-    last = events_of(bed, uid)[-1]
+    last = terminal_event(bed, uid)
     assert (last["type"], last["status"], last["reason"]) == ("status", "failed", "DeadlineExceeded")
     row = bed.db_row(uid)
     assert row is not None and (row["status"], row["reason"]) == ("Failed", "DeadlineExceeded")
@@ -217,7 +217,7 @@ def test_queued_runs_of_a_deleted_pool_fail_pool_deleted_after_the_grace(bed: ha
     assert time.monotonic() - deleted >= POOL_MISSING_GRACE / 2
     assert (status["phase"], status["reason"]) == ("Failed", "PoolDeleted"), status
     assert "WorkerPool short-lived was deleted" in status["message"]
-    last = events_of(bed, uid)[-1]
+    last = terminal_event(bed, uid)
     assert (last["type"], last["status"], last["reason"]) == ("status", "failed", "PoolDeleted")
     row = bed.db_row(uid)
     assert row is not None and (row["status"], row["reason"]) == ("Failed", "PoolDeleted")

@@ -34,7 +34,7 @@ import yaml
 from agentrun import kube
 from tests.chart.rendering import CHART, only
 from tests.e2e import harness
-from tests.e2e.test_recovery import agentrun, sample
+from tests.e2e.scenarios import agentrun, sample
 from tests.monitoring import prometheus
 
 pytestmark = pytest.mark.e2e

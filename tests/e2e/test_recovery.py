@@ -8,67 +8,35 @@ measured in seconds; the bound asserted is the issue's: lease TTL + 2 × scan in
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pika
 import pytest
-import redis.asyncio as aioredis
 
 from agentrun import keys, streams
 from tests.e2e import harness
+from tests.e2e.scenarios import (
+    LEASE_TTL,
+    SCAN_INTERVAL,
+    SLOW,
+    SLOW_TEXT,
+    WORKER_ENV,
+    agentrun,
+    events_of,
+    families,
+    redis_call,
+    sample,
+    scrape,
+    streaming,
+    terminal_event,
+    warning_events,
+)
 
 pytestmark = pytest.mark.e2e
 
-LEASE_TTL = 3.0
-SCAN_INTERVAL = 1.0
-QUEUED_TIMEOUT = 3.0
-WORKER_ENV = {"AGENTRUN_LEASE_TTL_SECONDS": str(LEASE_TTL), "AGENTRUN_LEASE_RENEW_SECONDS": "1"}
-POOL_MISSING_GRACE = 2.0
-OPERATOR_ENV = {"AGENTRUN_SCAN_INTERVAL_SECONDS": str(SCAN_INTERVAL),
-                "AGENTRUN_QUEUED_TIMEOUT_SECONDS": str(QUEUED_TIMEOUT),
-                "AGENTRUN_POOL_MISSING_GRACE_SECONDS": str(POOL_MISSING_GRACE)}
 
-WORDS = 40
-SLOW_TEXT = " ".join(f"word{i}" for i in range(WORDS))
-SLOW = [{"text": SLOW_TEXT, "chunkDelayMs": 100}]  # ~4 s per attempt
-
-
-@pytest.fixture(scope="module")
-def fast_operator(bed: harness.Bed, operator: Any) -> Iterator[harness.Proc]:
-    """The session's operator replaced by one that scans every second (restored afterwards)."""
-    operator.proc.stop()
-    operator.proc = bed.start_operator(**OPERATOR_ENV)
-    try:
-        yield operator.proc
-    finally:
-        operator.proc.stop()
-        operator.proc = bed.start_operator()
-
-
-def agentrun(namespace: str, name: str, script: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"input": "hi", "agent": {"model": "scripted", "script": script}}
-    body.update(spec)
-    return {"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
-
-
-def redis_call(url: str, call: Any) -> Any:
-    async def go() -> Any:
-        client = aioredis.Redis.from_url(url)
-        try:
-            return await call(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
-
-
-def events_of(bed: harness.Bed, uid: str) -> list[dict[str, Any]]:
-    return [e for _, e in redis_call(bed.redis_url, lambda c: streams.read_all(c, uid))]
 
 
 def parent_pid(pid: int) -> int:
@@ -88,15 +56,6 @@ def holder(bed: harness.Bed, workers: list[harness.Proc], namespace: str, name: 
             return proc
     raise AssertionError(f"no worker runs {instance}")
 
-
-def streaming(bed: harness.Bed, uid: str) -> bool:
-    return any(e["type"] == streams.ASSISTANT for e in events_of(bed, uid))
-
-
-def warning_events(bed: harness.Bed, namespace: str, name: str, reason: str) -> list[dict[str, Any]]:
-    return [e for e in bed.emulator.list("v1", "events", namespace)
-            if e.get("involvedObject", {}).get("name") == name and e.get("reason") == reason
-            and e.get("type") == "Warning"]
 
 
 def test_a_killed_worker_s_run_is_requeued_and_completes_once_on_another_worker(
@@ -158,7 +117,7 @@ def test_a_run_out_of_attempts_fails_worker_lost_and_its_stream_ends(
     complete = next(c for c in status["conditions"] if c["type"] == "Complete")
     assert (complete["status"], complete["reason"]) == ("False", "WorkerLost")
     # And the stream ends with the terminal status event, so readers do not hang
-    last = events_of(bed, uid)[-1]
+    last = terminal_event(bed, uid)
     assert (last["type"], last["status"], last["reason"]) == ("status", "failed", "WorkerLost")
     # And the database and the Events agree
     row = bed.db_row(uid)
@@ -183,7 +142,7 @@ def test_a_stop_requested_while_the_worker_is_gone_ends_the_run_stopped(
     # Then the operator ends it Stopped instead of re-queueing it
     status = bed.wait_phase(namespace, "orphan", "Stopped", "Failed", "Succeeded", "Queued", timeout=30)["status"]
     assert (status["phase"], status["reason"], status["attempt"]) == ("Stopped", "StopRequested", 1), status
-    last = events_of(bed, uid)[-1]
+    last = terminal_event(bed, uid)
     assert (last["type"], last["status"]) == ("status", "stopped")
     assert bed.db_row(uid)["status"] == "Stopped"  # type: ignore[index]
 
@@ -211,30 +170,6 @@ def test_a_queued_run_whose_message_was_lost_is_published_again_and_runs_once(
     harness.wait_until(lambda: warning_events(bed, namespace, "purged", "Republished"), 10,
                        "a Republished Warning Event")
     assert (sample(fast_operator, "agentrun_recoveries_total", reason="MessageLost", action="republished") or 0) >= 1
-
-
-def scrape(proc: harness.Proc) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of the operator's ``/metrics`` as ``(name, labels) -> value``."""
-    import httpx
-    import prometheus_client.parser
-
-    assert proc.metrics_url is not None
-    text = httpx.get(proc.metrics_url, timeout=5).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in prometheus_client.parser.text_string_to_metric_families(text) for s in family.samples}
-
-
-def families(proc: harness.Proc) -> set[str]:
-    import httpx
-    import prometheus_client.parser
-
-    assert proc.metrics_url is not None
-    text = httpx.get(proc.metrics_url, timeout=5).text
-    return {family.name for family in prometheus_client.parser.text_string_to_metric_families(text)}
-
-
-def sample(proc: harness.Proc, name: str, **labels: str) -> float | None:
-    return scrape(proc).get((name, frozenset(labels.items())))
 
 
 def test_the_metrics_endpoint_reports_pools_phases_finishes_and_dispatch_latency(

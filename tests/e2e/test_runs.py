@@ -14,31 +14,10 @@ import redis.asyncio as aioredis
 
 from agentrun import broker, keys, message, streams
 from tests.e2e import harness
+from tests.e2e.scenarios import SCRIPT, agentrun, stream_events
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = [
-    {"text": "Hello from the scripted model.", "chunkDelayMs": 5},
-    {"text": "Second turn, then done.", "chunkDelayMs": 5},
-]
-
-
-def agentrun(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"input": "hi", "agent": {"model": "scripted", "script": SCRIPT}}
-    body.update(spec)
-    return {"apiVersion": "agentrun.io/v1alpha1", "kind": "AgentRun",
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
-
-
-def stream_events(redis_url: str, uid: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            return [event for _, event in await streams.read_all(client, uid)]
-        finally:
-            await client.aclose()
-
-    return asyncio.run(read())
 
 
 def test_a_run_goes_queued_running_succeeded_and_everything_agrees(

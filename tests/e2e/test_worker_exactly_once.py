@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from agentrun import broker, keys, message
 from tests.e2e import harness
-from tests.e2e.test_runs import stream_events
+from tests.e2e.scenarios import stream_events
 
 pytestmark = pytest.mark.e2e
 

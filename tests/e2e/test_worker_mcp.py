@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -21,12 +20,11 @@ import pytest
 
 from agentrun import streams
 from tests.e2e import harness
-from tests.e2e.test_runs import agentrun, stream_events
+from tests.e2e.scenarios import SERVER, agentrun, server_processes, stdio, stream_events
 from tests.worker import mcp_server, openai_server
 
 pytestmark = pytest.mark.e2e
 
-SERVER = str(pathlib.Path(mcp_server.__file__).resolve())
 HTTP_TOKEN = "pool-http-token-never-logged"
 STDIO_SECRET = "stdio-secret-never-logged"
 
@@ -49,25 +47,11 @@ def http_url() -> Iterator[str]:
         proc.wait(10)
 
 
-def stdio(tag: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "testkit", "transport": "stdio", "command": sys.executable, "args": [SERVER, "--tag", tag],
-            **extra}
-
 
 def tool_events(events: list[dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
     return [(e["type"], e["id"], e["name"], e.get("error")) for e in events
             if e["type"] in (streams.TOOL_CALL, streams.TOOL_RESULT)]
 
-
-def server_processes(tag: str) -> list[pathlib.Path]:
-    found = []
-    for proc in pathlib.Path("/proc").glob("[0-9]*"):
-        try:
-            if tag in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(proc)
-        except OSError:
-            continue
-    return found
 
 
 def test_a_run_calls_mcp_tools_over_stdio_and_http_and_the_results_reach_the_model(

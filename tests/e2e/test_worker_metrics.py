@@ -13,7 +13,7 @@ import prometheus_client.parser
 import pytest
 
 from tests.e2e import harness
-from tests.e2e.test_recovery import agentrun
+from tests.e2e.scenarios import agentrun
 
 pytestmark = pytest.mark.e2e
 

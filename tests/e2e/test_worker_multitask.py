@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import harness
-from tests.e2e.test_recovery import fast_operator  # noqa: F401  (a fixture: an operator scanning every second)
-from tests.e2e.test_runs import stream_events
+from tests.e2e.scenarios import stream_events
 
 pytestmark = pytest.mark.e2e
 

@@ -168,7 +168,7 @@ def test_a_database_lost_mid_run_is_reported_to_sentry_with_the_runs_tags(
     import asyncpg
 
     from agentrun import store
-    from tests.e2e.test_runs import stream_events
+    from tests.e2e.scenarios import stream_events
 
     # Given a worker on a database of its own, reporting to Sentry
     admin = postgres_dsn.rsplit("/", 1)[0] + "/postgres"

@@ -15,7 +15,7 @@ import pytest
 
 from agentrun import streams
 from tests.e2e import harness
-from tests.e2e.test_runs import stream_events
+from tests.e2e.scenarios import stream_events
 from tests.worker import openai_server
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from agentrun import keys, streams
 from tests.e2e import harness
-from tests.e2e.test_runs import agentrun, stream_events
+from tests.e2e.scenarios import agentrun, stream_events
 
 pytestmark = pytest.mark.e2e
 

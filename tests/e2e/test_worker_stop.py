@@ -12,7 +12,7 @@ import pytest
 
 from agentrun import streams
 from tests.e2e import harness
-from tests.e2e.test_runs import agentrun, stream_events
+from tests.e2e.scenarios import agentrun, stream_events
 
 pytestmark = pytest.mark.e2e
 

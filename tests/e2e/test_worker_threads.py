@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import harness
-from tests.e2e.test_runs import agentrun
+from tests.e2e.scenarios import agentrun
 from tests.worker import openai_server
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,7 @@ import pytest
 
 from agentrun import binaries, streams
 from tests.e2e import harness, test_local
-from tests.e2e.test_runs import stream_events
+from tests.e2e.scenarios import stream_events
 from tests.worker import openai_server
 
 pytestmark = pytest.mark.e2e
@@ -344,7 +344,7 @@ def test_workflow_steps_call_the_mcp_tools_of_the_workflow_s_agent(
     bed: harness.Bed, operator: Any, namespace: str
 ) -> None:
     # Given a workflow whose agent has a stdio MCP server, and two steps that call its tools
-    from tests.e2e.test_worker_mcp import server_processes, stdio
+    from tests.e2e.scenarios import server_processes, stdio
 
     tag = f"wf-{namespace}"
     bed.start_worker(f"agentrun.{namespace}.default")

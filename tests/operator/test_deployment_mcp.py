@@ -7,7 +7,7 @@ import json
 from agentrun_operator import deployments
 from agentrun_worker import config as worker_config
 
-from tests.operator.test_deployments import SETTINGS, container, pool
+from tests.operator.pools import SETTINGS, container, pool
 
 SERVERS = [{"name": "search", "transport": "http", "url": "https://mcp.example.com/mcp",
             "headersFrom": [{"name": "Authorization", "fromEnv": "SEARCH_TOKEN", "prefix": "Bearer "}]}]

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from agentrun import store as stores
 from tests.store import conftest, postgrest_server
-from tests.store.test_connections import Proxy
+from tests.store.proxy import Proxy
 
 PATIENT = stores.RetryPolicy(total_seconds=90, initial_seconds=0.1, max_seconds=1)
 
