@@ -19,14 +19,24 @@ from agentrun import message, settings
 DEFAULT_TIME_LIMIT_MS = 24 * 3600 * 1000
 
 
+def default_middleware() -> list[dramatiq.Middleware]:
+    """Dramatiq's default middleware without its Prometheus exporter, whatever Dramatiq is installed.
+
+    Dramatiq 1.x lists the exporter first and 2.x leaves it out; it writes to a directory every
+    Dramatiq process of the machine shares. The worker records the same series itself and
+    serves them (``agentrun_worker.metrics``); the operator only publishes.
+    """
+    return [factory() for factory in dramatiq.middleware.default_middleware if factory.__name__ != "Prometheus"]
+
+
 def make_broker(config: settings.Settings) -> dramatiq.Broker:
     broker: dramatiq.Broker
     if config.broker_url:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        broker = RabbitmqBroker(url=config.broker_url, confirm_delivery=True)
+        broker = RabbitmqBroker(url=config.broker_url, confirm_delivery=True, middleware=default_middleware())
     else:
-        broker = dramatiq.brokers.stub.StubBroker()
+        broker = dramatiq.brokers.stub.StubBroker(middleware=default_middleware())
     broker.add_middleware(dramatiq.middleware.AsyncIO())
     return broker
 

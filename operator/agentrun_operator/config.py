@@ -107,8 +107,9 @@ class OperatorSettings(BaseSettings):
     (re-queued as its next attempt), so a longer grace only slows roll-outs."""
 
     worker_metrics_port: int = 9191
-    """Port where each worker pod serves Dramatiq's Prometheus metrics (``dramatiq_prom_port``;
-    9191 is Dramatiq's default), exposed as the container port ``metrics``."""
+    """Port where each worker pod serves its metrics on ``/metrics`` (the worker's
+    ``AGENTRUN_METRICS_PORT``; 9191 is the port of Dramatiq's own exporter), exposed as the
+    container port ``metrics`` the chart's PodMonitor scrapes."""
 
 
 def load() -> OperatorSettings:

@@ -75,7 +75,7 @@ def deployment_for(
         # the pod's name starts each worker's instance id, so the operator knows which pod
         # runs what and can make busy pods the last a scale-in removes (pod-deletion-cost)
         {"name": "AGENTRUN_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "dramatiq_prom_port", "value": str(settings.worker_metrics_port)},
+        {"name": "AGENTRUN_METRICS_PORT", "value": str(settings.worker_metrics_port)},
         # runs in flight get the pod's grace period less 10 s to finish before they are
         # handed back; the rest is for the hand-back itself and the process exit
         {"name": "AGENTRUN_SHUTDOWN_GRACE_SECONDS",

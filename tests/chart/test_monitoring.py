@@ -1,6 +1,7 @@
 """The monitoring parts: alert and dashboard queries parse as PromQL (with the ``promql-parser``
 package, Python bindings of a Rust PromQL parser) and name only series the code exports (read
-from the operator's and the gateway's prometheus_client registries, not from a list kept here).
+from the operator's, the workers' and the gateway's prometheus_client metrics, not from a list
+kept here). ``tests/monitoring`` and ``tests/e2e/test_prometheus.py`` run them on a real Prometheus.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ def _exposed(families: Iterable[Any]) -> set[str]:
 
 @functools.cache
 def exported_metrics() -> frozenset[str]:
-    """Every agentrun series the operator (its registry and scrape-time gauges) and the gateway export."""
+    """Every agentrun series the operator (its registry and scrape-time gauges), the workers and
+    the gateway export."""
     from agentrun_operator import metrics as operator_metrics
+    from agentrun_worker import metrics as worker_metrics
 
     from agentrun.gateway import metrics as gateway_metrics
 
     index: dict[Any, Any] = {}  # an empty run_phases index: the gauge families are still described
     return frozenset(_exposed(operator_metrics.REGISTRY.collect())
                      | _exposed(operator_metrics.IndexCollector(index).collect())
+                     | _exposed(worker_metrics.families())
                      | _exposed(gateway_metrics.Metrics().registry.collect()))
 
 
@@ -52,7 +56,7 @@ def check_expr(expr: str) -> None:
     except ValueError as error:
         pytest.fail(f"not PromQL: {expr!r}: {error}")
     for name in set(re.findall(r"\b(agentrun_[a-z_]+)", expr)):
-        assert name in exported_metrics(), f"{name} is not a series the operator or the gateway exports"
+        assert name in exported_metrics(), f"{name} is not a series the operator, the workers or the gateway export"
 
 
 def alerts() -> list[dict[str, Any]]:

@@ -166,10 +166,12 @@ class Bed:
         wait_until(healthy, 30, "the operator to be healthy", interval=0.1)
         return proc
 
-    def start_worker(self, queue: str, *, threads: int = 4, **env: str) -> Proc:
-        proc = Proc("worker", [str(BIN / "dramatiq"), "agentrun_worker.actors", "--processes", "1",
+    def start_worker(self, queue: str, *, threads: int = 4, processes: int = 1, **env: str) -> Proc:
+        env.setdefault("AGENTRUN_METRICS_PORT", str(free_port()))  # never the fixed 9191 of a pod
+        proc = Proc("worker", [str(BIN / "dramatiq"), "agentrun_worker.actors", "--processes", str(processes),
                                "--threads", str(threads)],
                     self.env(AGENTRUN_QUEUE=queue, **env), self.log_dir).start()
+        proc.metrics_url = f"http://127.0.0.1:{env['AGENTRUN_METRICS_PORT']}/metrics"
         self.procs.append(proc)
 
         def ready() -> bool:

@@ -26,6 +26,9 @@ def test_the_deployment_runs_dramatiq_on_the_pool_queue_with_connection_urls_fro
                       ("AGENTRUN_DATABASE_URL", "database-url")):
         assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "conn", "key": key}}}
     assert manifest["spec"]["template"]["spec"]["serviceAccountName"] == "agentrun-worker"
+    # the worker serves /metrics on the container port the PodMonitor scrapes by name
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9191, "protocol": "TCP"}]
+    assert env["AGENTRUN_METRICS_PORT"]["value"] == "9191"
 
 
 def test_the_pool_owns_the_deployment_and_the_selector_matches_the_pod_labels() -> None:

@@ -20,10 +20,11 @@ import dramatiq
 import dramatiq.middleware
 
 from agentrun import message
-from agentrun_worker import execution, middleware, runtime, shutdown, tracing
+from agentrun_worker import execution, metrics, middleware, runtime, shutdown, tracing
 
 runtime.broker().add_middleware(middleware.CloseClients(), after=dramatiq.middleware.AsyncIO)
 runtime.broker().add_middleware(shutdown.GracefulShutdown(runtime.worker_config().shutdown_grace_seconds))
+runtime.broker().add_middleware(metrics.Metrics(runtime.worker_config().metrics_port))
 tracing.setup()  # once per worker process: OpenTelemetry, Langfuse, Sentry as configured
 
 

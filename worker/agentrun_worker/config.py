@@ -31,6 +31,11 @@ class Endpoint(pydantic.BaseModel):
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTRUN_", extra="ignore")
 
+    metrics_port: int = 9191
+    """Port of the pod's ``/metrics`` (every worker process's series, see ``metrics``); 0 turns
+    it off. 9191 is the port Dramatiq's own exporter used; the operator declares it as the
+    container port ``metrics`` that the chart's PodMonitor scrapes."""
+
     shutdown_grace_seconds: float = 20.0
     """Seconds the runs in flight may go on after SIGTERM before they are handed back to the
     queue (their message re-published, their lease marked handed back) to run again on

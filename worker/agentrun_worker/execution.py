@@ -32,7 +32,19 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import control, keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, threads, tools, workflows
+from agentrun_worker import (
+    agent,
+    leases,
+    mcp,
+    metrics,
+    providers,
+    runtime,
+    shutdown,
+    stopping,
+    threads,
+    tools,
+    workflows,
+)
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -250,7 +262,9 @@ class Execution:
                 return
             if not await self._start(user_input):
                 return
-            await self._execute(user_input)
+            metrics.run_started(self.config.queue)
+            with metrics.in_flight(self.config.queue):
+                await self._execute(user_input)
         finally:
             await self.toolbox.aclose()
             keeper.cancel()
@@ -521,3 +535,4 @@ class Execution:
             pipe.expire(key, self.config.key_ttl_seconds)
         await pipe.execute()
         logger.info("run.finished", phase=str(phase), reason=reason, iterations=iterations, events=self.writer.count)
+        metrics.run_finished(self.config.queue, str(phase), reason)
