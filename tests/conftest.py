@@ -76,7 +76,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if summary:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.ensure_newline()
+            reporter.write_sep("-", "RBAC audit")
             reporter.write_line(summary)
     if problems:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
