@@ -32,8 +32,10 @@ def test_no_test_module_imports_another() -> None:
     offenders = []
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{path.relative_to(ROOT)} imports {name}" for name in names
                           if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_")]
     assert not offenders, offenders

@@ -57,9 +57,11 @@ class Proc:
         self.env = env
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.popen: subprocess.Popen[bytes] | None = None
+        self._terminated = False
         self.metrics_url: str | None = None
 
     def start(self) -> Proc:
+        self._terminated = False
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.popen = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
@@ -78,9 +80,10 @@ class Proc:
             self.popen.wait(10)
 
     def terminate(self) -> None:
-        """SIGTERM to the main process only, as the kubelet does: Dramatiq's main process
-        forwards it; a second signal to its children would make them hard-kill."""
-        if self.popen is not None and self.popen.poll() is None:
+        """SIGTERM to the main process only, and only once, as the kubelet does: Dramatiq's main
+        process forwards it; a second signal to its children would make them hard-kill."""
+        if self.popen is not None and self.popen.poll() is None and not self._terminated:
+            self._terminated = True
             self.popen.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 15) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import sys
 from typing import Any
@@ -69,18 +70,23 @@ def stream_events(redis_url: str, uid: str) -> list[dict[str, Any]]:
     return [event for _, event in redis_call(redis_url, lambda client: streams.read_all(client, uid))]
 
 
+def final_events(redis_url: str, uid: str, timeout: float = 10) -> list[dict[str, Any]]:
+    """Every event of an ended run's stream, once its terminal event is there: a run ends
+    database, resource, then stream, so a reader that saw the phase may be a moment ahead."""
+    def ended() -> list[dict[str, Any]] | None:
+        events = stream_events(redis_url, uid)
+        return events if events and streams.is_terminal(events[-1]) else None
+
+    return harness.wait_until(ended, timeout, f"the terminal event of run {uid}")  # type: ignore[no-any-return]
+
+
 def events_of(bed: harness.Bed, uid: str) -> list[dict[str, Any]]:
     return stream_events(bed.redis_url, uid)
 
 
 def terminal_event(bed: harness.Bed, uid: str, timeout: float = 10) -> dict[str, Any]:
-    """The run's terminal stream event, waited for: a run ends database, resource, then stream,
-    so a reader that saw the phase may be a moment ahead of the stream."""
-    def last() -> dict[str, Any] | None:
-        events = events_of(bed, uid)
-        return events[-1] if events and streams.is_terminal(events[-1]) else None
-
-    return harness.wait_until(last, timeout, f"the terminal event of run {uid}")  # type: ignore[no-any-return]
+    """The run's terminal stream event, waited for (see :func:`final_events`)."""
+    return final_events(bed.redis_url, uid, timeout)[-1]
 
 
 def streaming(bed: harness.Bed, uid: str) -> bool:
@@ -133,3 +139,11 @@ def server_processes(tag: str) -> list[pathlib.Path]:
         except OSError:
             continue
     return found
+
+
+def local_env(tmp_path: pathlib.Path) -> dict[str, str]:
+    """The environment of an `agentrun dev` or `demo` started as a user would: none of the beds' settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRUN_") and k != "KUBECONFIG"}
+    env.update(AGENTRUN_STATE_DIR=str(tmp_path / "state"), KUBECACHEDIR=str(tmp_path / "kubecache"),
+               PYTHONUNBUFFERED="1")
+    return env

@@ -16,7 +16,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from agentrun import kube, streams
 from tests.e2e import harness
-from tests.e2e.scenarios import OPERATOR_ENV, WORKER_ENV, agentrun, events_of, sample
+from tests.e2e.scenarios import OPERATOR_ENV, WORKER_ENV, agentrun, final_events, sample
 from tests.rabbitnode import RabbitNode
 
 pytestmark = pytest.mark.e2e
@@ -114,7 +114,7 @@ def test_runs_survive_rabbitmq_stopping_and_each_runs_exactly_once(
         print(f"redeliveries dropped by the worker: {skipped}")
         for name, uid in uids.items():
             assert len([line for line in output.splitlines() if '"run.started"' in line and uid in line]) == 1, name
-            events = events_of(bed, uid)
+            events = final_events(bed.redis_url, uid)
             started = [e for e in events if e["type"] == "status" and e["status"] == "running"]
             assert [e.get("attempt") for e in started] == [1], (name, started)
             assert sum(1 for e in events if streams.is_terminal(e)) == 1, name

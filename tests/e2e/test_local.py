@@ -6,7 +6,6 @@ fakeredis, SQLite, in-process broker), exactly as a fresh machine would.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import subprocess
@@ -16,17 +15,11 @@ import pytest
 
 from agentrun import binaries
 from tests.e2e import harness
+from tests.e2e.scenarios import local_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
 HELLO_TEXT = "Hi there! I am a scripted agent, running as an AgentRun on your cluster."
-
-
-def local_env(tmp_path: pathlib.Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRUN_") and k != "KUBECONFIG"}
-    env.update(AGENTRUN_STATE_DIR=str(tmp_path / "state"), KUBECACHEDIR=str(tmp_path / "kubecache"),
-               PYTHONUNBUFFERED="1")
-    return env
 
 
 def test_the_demo_streams_hello_and_exits_zero_after_the_final_phase(tmp_path: pathlib.Path) -> None:

@@ -24,8 +24,8 @@ from tests.e2e.scenarios import (
     SLOW_TEXT,
     WORKER_ENV,
     agentrun,
-    events_of,
     families,
+    final_events,
     redis_call,
     sample,
     scrape,
@@ -86,7 +86,7 @@ def test_a_killed_worker_s_run_is_requeued_and_completes_once_on_another_worker(
     # And it completes once, on the other worker, as attempt 2
     final = bed.wait_phase(namespace, "survivor", "Succeeded", "Failed", "Stopped", timeout=40)["status"]
     assert (final["phase"], final["attempt"], final["result"]) == ("Succeeded", 2, SLOW_TEXT)
-    events = events_of(bed, uid)
+    events = final_events(bed.redis_url, uid)
     assert [e.get("attempt") for e in events if e["type"] == "status" and e["status"] == "running"] == [1, 2]
     assert sum(1 for e in events if streams.is_terminal(e)) == 1 and streams.is_terminal(events[-1])
     attempt2 = events[next(i for i, e in enumerate(events) if e.get("status") == "running" and e["attempt"] == 2):]
@@ -166,7 +166,7 @@ def test_a_queued_run_whose_message_was_lost_is_published_again_and_runs_once(
     # Then it ran once, as the same attempt
     assert (status["phase"], status["attempt"]) == ("Succeeded", 1)
     assert worker.output().count('"run.started"') == 1
-    assert sum(1 for e in events_of(bed, uid) if streams.is_terminal(e)) == 1
+    assert sum(1 for e in final_events(bed.redis_url, uid) if streams.is_terminal(e)) == 1
     harness.wait_until(lambda: warning_events(bed, namespace, "purged", "Republished"), 10,
                        "a Republished Warning Event")
     assert (sample(fast_operator, "agentrun_recoveries_total", reason="MessageLost", action="republished") or 0) >= 1

@@ -28,7 +28,7 @@ import redis
 
 from agentrun import keys, streams
 from tests.e2e import harness
-from tests.e2e.scenarios import agentrun, stream_events
+from tests.e2e.scenarios import agentrun, final_events, stream_events
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,7 @@ def test_a_redis_restart_mid_run_loses_no_final_state_and_runs_nothing_twice(
         assert row is not None and (row["status"], row["attempt"]) == ("Succeeded", 1)
         # And the stream written after the restart holds the rest of the answer in order, once,
         # then one terminal event
-        events = stream_events(server.url, uid)
+        events = final_events(server.url, uid)
         terminal = [e for e in events if streams.is_terminal(e)]
         assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "succeeded"
         words = [tuple(int(n) for n in w[1:].split("-")) for e in events if e["type"] == streams.ASSISTANT

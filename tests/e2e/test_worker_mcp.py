@@ -20,7 +20,7 @@ import pytest
 
 from agentrun import streams
 from tests.e2e import harness
-from tests.e2e.scenarios import SERVER, agentrun, server_processes, stdio, stream_events
+from tests.e2e.scenarios import SERVER, agentrun, final_events, server_processes, stdio, stream_events
 from tests.worker import mcp_server, openai_server
 
 pytestmark = pytest.mark.e2e
@@ -84,7 +84,7 @@ def test_a_run_calls_mcp_tools_over_stdio_and_http_and_the_results_reach_the_mod
     digest = mcp_server.digest(STDIO_SECRET)
     assert status["result"] == f"Results: 5\nerror: Error executing tool fail: no luck\necho: over http\n{digest}"
     # And each call and its result were streamed in order, the failure as a tool error
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert tool_events(events) == [
         ("tool_call", "call_1_0", "testkit__add", None), ("tool_result", "call_1_0", "testkit__add", False),
         ("tool_call", "call_1_1", "testkit__fail", None), ("tool_result", "call_1_1", "testkit__fail", True),
@@ -126,7 +126,7 @@ def test_a_stop_cancels_a_hung_mcp_tool_and_the_run_ends_stopped(
     # Then it ends Stopped, with the call never answered and one terminal event
     status = bed.wait_phase(namespace, "hung", "Stopped", "Succeeded", "Failed", timeout=60)["status"]
     assert (status["phase"], status["reason"]) == ("Stopped", "StopRequested"), status
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert [e["type"] for e in events if e["type"] in (streams.TOOL_CALL, streams.TOOL_RESULT)] == ["tool_call"]
     assert [e["status"] for e in events if streams.is_terminal(e)] == ["stopped"]
     # And the server process of the run is ended, and the worker goes on working

@@ -15,7 +15,7 @@ import pytest
 
 from agentrun import streams
 from tests.e2e import harness
-from tests.e2e.scenarios import stream_events
+from tests.e2e.scenarios import final_events
 from tests.worker import openai_server
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,7 @@ def test_a_run_on_the_openai_provider_streams_text_and_tool_calls_and_succeeds(
     assert server.headers[1]["Authorization"] == f"Bearer {KEY}"
     assert second["messages"][-1]["role"] == "tool" and "no tool named 'search'" in second["messages"][-1]["content"]
     # And the stream has the text, the tool call and its error result, then one terminal event
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     text = "".join(e["delta"] for e in events if e["type"] == streams.ASSISTANT)
     assert text == "Let me look." + "I cannot search, but hello!"
     calls = [e for e in events if e["type"] in (streams.TOOL_CALL, streams.TOOL_RESULT)]

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from agentrun import keys, streams
 from tests.e2e import harness
-from tests.e2e.scenarios import agentrun, stream_events
+from tests.e2e.scenarios import agentrun, final_events, stream_events
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,7 @@ def test_sigterm_mid_run_hands_the_run_back_and_another_worker_finishes_it_once(
     # (the draining worker may still take the handed-back copy and defer it at once, untouched:
     # see agentrun_worker.shutdown; it never starts the run a second time)
     assert first.output().count('"run.started"') == 1
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     terminal = [e for e in events if streams.is_terminal(e)]
     assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "succeeded"
     running = [e for e in events if e["type"] == streams.STATUS and e["status"] == "running"]

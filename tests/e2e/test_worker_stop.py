@@ -12,7 +12,7 @@ import pytest
 
 from agentrun import streams
 from tests.e2e import harness
-from tests.e2e.scenarios import agentrun, stream_events
+from tests.e2e.scenarios import agentrun, final_events, stream_events
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def test_a_stop_during_the_model_stream_ends_the_run_stopped_once_and_never_retr
     assert (complete["status"], complete["reason"]) == ("False", "StopRequested")
     row = bed.db_row(uid)
     assert row is not None and (row["status"], row["reason"], row["attempt"]) == ("Stopped", "StopRequested", 1)
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     terminal = [e for e in events if streams.is_terminal(e)]
     assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "stopped"
     # And the model stream was cut mid-answer: the text streamed is a strict prefix of the script

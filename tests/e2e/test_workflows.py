@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from agentrun import binaries, streams
-from tests.e2e import harness, test_local
-from tests.e2e.scenarios import stream_events
+from tests.e2e import harness
+from tests.e2e.scenarios import final_events, local_env, stream_events
 from tests.worker import openai_server
 
 pytestmark = pytest.mark.e2e
@@ -79,7 +79,7 @@ def test_deterministic_steps_run_in_order_each_using_the_outputs_before_it(
     assert status["result"] == "Looks good."
     assert status["iterations"] == 1 + 1 + 2
     # And the stream shows the steps in order, each started then completed
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert step_events(events) == [("research", "started"), ("research", "completed"), ("draft", "started"),
                                    ("draft", "completed"), ("review", "started"), ("review", "completed")]
     # And each prompt was rendered from the input and the outputs before it (the scripted model echoes)
@@ -174,7 +174,7 @@ def test_a_stop_mid_step_ends_the_workflow_stopped(bed: harness.Bed, operator: A
     status = bed.wait_phase(namespace, "long", "Stopped", "Succeeded", "Failed")["status"]
     assert (status["phase"], status["reason"]) == ("Stopped", "StopRequested"), status
     assert 2 <= status["iterations"] < 1 + len(SLOW)
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert step_events(events) == [("quick", "started"), ("quick", "completed"), ("slow", "started")]
     terminal = [e for e in events if streams.is_terminal(e)]
     assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "stopped"
@@ -244,7 +244,7 @@ def test_the_agent_executor_lets_the_model_choose_the_steps(
     assert results[1]["content"] == research
     assert results[2]["content"] == f"You said: Summarize {research}"
     # And the stream shows the steps the model chose, in its order, inside its run_step calls
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert step_events(events) == [("research", "started"), ("research", "completed"), ("summarize", "started"),
                                    ("summarize", "completed")]
     kinds = [(e["type"], e.get("name") or e.get("step")) for e in events
@@ -256,9 +256,9 @@ def test_the_agent_executor_lets_the_model_choose_the_steps(
 
 def test_the_example_workflow_runs_in_agentrun_dev_with_kubectl(tmp_path: pathlib.Path) -> None:
     # Given the local stack, started as a newcomer starts it
-    env = test_local.local_env(tmp_path)
+    env = local_env(tmp_path)
     api_port, redis_port = harness.free_port(), harness.free_port()
-    dev = harness.Proc("dev", [str(test_local.BIN / "agentrun"), "dev", "--api-port", str(api_port),
+    dev = harness.Proc("dev", [str(harness.BIN / "agentrun"), "dev", "--api-port", str(api_port),
                                "--redis-port", str(redis_port)], env, tmp_path).start()
     try:
         harness.wait_until(lambda: "is up" in dev.output() or not dev.alive(), 60, "agentrun dev", 0.1)
@@ -272,7 +272,7 @@ def test_the_example_workflow_runs_in_agentrun_dev_with_kubectl(tmp_path: pathli
         assert applied.returncode == 0, applied.stderr
         assert "agentworkflow.agentrun.io/article created" in applied.stdout
         # Then agentrun logs shows the steps in order with their text, and the run's end
-        logs = subprocess.run([str(test_local.BIN / "agentrun"), "logs", "write-article", "-f"], env=env,
+        logs = subprocess.run([str(harness.BIN / "agentrun"), "logs", "write-article", "-f"], env=env,
                               capture_output=True, text=True, timeout=60)
         assert logs.returncode == 0, logs.stderr
         lines = [line for line in logs.stdout.splitlines() if line.startswith("▸ step")]
