@@ -121,8 +121,16 @@ async def _show_stream(client: clients.Client, run: dict[str, Any], *, follow: b
             return render
         err.print(f'AgentRun "{name}" is {phase} on pool "{pool}"{pool_note}; waiting for it to start '
                   "(Ctrl-C stops waiting, the run stays queued).", soft_wrap=True, markup=False)
-    async for entry_id, event in client.events(run, last_id=last_id, follow=follow):
-        render(entry_id, event)
+    try:
+        async for entry_id, event in client.events(run, last_id=last_id, follow=follow):
+            if event.get("type") == base.CONNECTION:  # the client's own news: stderr, on a line of its own
+                render.end_line()
+                err.print(f"agentrun: {event['message']}", soft_wrap=True, markup=False, highlight=False)
+                continue
+            render(entry_id, event)
+    except clients.ClientError:
+        render.end_line()  # the error goes on a line of its own
+        raise
     if render.final is None and (follow or phases.is_terminal(phase)):
         current = await client.get(namespace, name) if follow else run
         if phases.is_terminal(base.phase_of(current)):
