@@ -288,20 +288,21 @@ def dev(
     stop_gateway: Callable[[], None] = lambda: None  # noqa: E731
     try:
         gateway_url, stop_gateway = _start_dev_gateway(endpoints, gateway_port)
-        kubectl = binaries.which_kubectl() or "kubectl"
+        kubectl, note = binaries.kubectl_hint()
         for text in (
             f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
             f"database {endpoints.database_url}, broker: {endpoints.broker}, gateway {gateway_url} (no auth)",
             "In another terminal:",
             f"  {endpoints.exports()}",
-            f"  {kubectl} apply -f {EXAMPLE}",
+            f"  {kubectl} apply -f {EXAMPLE}" + (f"   # {note}" if note else ""),
             f"  {kubectl} get ar -w",
             "  agentrun logs hello -f",
-            f"  agentrun --gateway {gateway_url} … works too (or export AGENTRUN_GATEWAY_URL={gateway_url})",
+            f"  agentrun list --gateway {gateway_url}   # any run command works through the gateway too "
+            f"(or export AGENTRUN_GATEWAY_URL={gateway_url})",
             f"The web view: {gateway_url}/ (runs, live streams, stop)",
             "Ctrl-C stops everything.",
         ):
-            out.print(text, soft_wrap=True)
+            out.print(text, soft_wrap=True, markup=text.startswith("[bold]"), highlight=False)
         _wait_forever()
     finally:
         stop_gateway()
