@@ -83,6 +83,16 @@ class Client(abc.ABC):
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create an AgentRun; returns it as stored."""
 
+    async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Create an object of an agentrun kind, or update a WorkerPool's or AgentWorkflow's
+        spec if it exists (``kubectl apply``); returns it and ``created`` or ``configured``.
+        This default takes AgentRuns only."""
+        if manifest.get("kind") == "AgentRun":
+            return await self.create(manifest), "created"
+        raise Invalid(f"{self.where} takes AgentRuns only, not the {manifest.get('kind')} "
+                      f"\"{manifest.get('metadata', {}).get('name')}\"",
+                      "Apply it with kubectl apply -f (or agentrun submit without --gateway), then submit the runs.")
+
     @abc.abstractmethod
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         """One AgentRun; :class:`NotFound` when there is none."""

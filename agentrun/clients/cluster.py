@@ -92,6 +92,25 @@ class ClusterClient(base.Client):
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         return kube.to_dict(await self._call(self._api.create(lightkube.codecs.from_dict(manifest))))
 
+    async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        resource = {"WorkerPool": kube.WorkerPool, "AgentWorkflow": kube.AgentWorkflow}.get(str(manifest.get("kind")))
+        if resource is None:
+            return await super().apply(manifest)
+        meta = manifest["metadata"]
+        try:
+            current = kube.to_dict(await self._call(self._api.get(resource, meta["name"], namespace=meta["namespace"])))
+        except kube.ApiError as exc:
+            if not kube.is_not_found(exc):
+                raise
+            return await self.create(manifest), "created"
+        # the file's spec, whole (as kubectl apply leaves it when the file is the only writer)
+        current["spec"] = manifest.get("spec") or {}
+        for field in ("labels", "annotations"):
+            if meta.get(field):
+                current["metadata"][field] = {**(current["metadata"].get(field) or {}), **meta[field]}
+        replaced = await self._call(self._api.replace(lightkube.codecs.from_dict(current)))
+        return kube.to_dict(replaced), "configured"
+
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         try:
             return kube.to_dict(await self._call(self._api.get(kube.AgentRun, name, namespace=namespace)))

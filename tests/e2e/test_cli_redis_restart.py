@@ -19,38 +19,20 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import lightkube
 import lightkube.codecs
-import lightkube.config.kubeconfig
 import lightkube.types
 import pytest
 import redis
-import yaml
 
 from agentrun import keys, kube, streams
 from tests.e2e import harness
+from tests.e2e.emulated import api  # noqa: F401  (fixture)
 from tests.e2e.test_redis_restart import RedisServer
 
 pytestmark = pytest.mark.e2e
 BIN = pathlib.Path(sys.executable).parent
-
-
-@pytest.fixture
-def api(tmp_path: pathlib.Path) -> Iterator[tuple[lightkube.Client, pathlib.Path]]:
-    from agentrun import emulator
-
-    crds = [yaml.safe_load(p.read_text()) for p in sorted((harness.ROOT / "crds").glob("*.yaml"))]
-    server = emulator.EmulatorServer(crds=crds)
-    server.start()
-    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
-    client = lightkube.Client(config=lightkube.config.kubeconfig.KubeConfig.from_file(kubeconfig))
-    try:
-        yield client, kubeconfig
-    finally:
-        client.close()
-        server.stop()
 
 
 class Writer(threading.Thread):
@@ -81,7 +63,7 @@ class Writer(threading.Thread):
         self.add({"type": streams.STATUS, "status": "succeeded", "reason": "Completed", "iterations": 1})
 
 
-def test_logs_follow_reconnects_after_a_redis_restart(api: tuple[lightkube.Client, pathlib.Path],
+def test_logs_follow_reconnects_after_a_redis_restart(api: tuple[lightkube.Client, pathlib.Path],  # noqa: F811
                                                       tmp_path: pathlib.Path) -> None:
     client, kubeconfig = api
     server = RedisServer(tmp_path)
