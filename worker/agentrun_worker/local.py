@@ -256,10 +256,14 @@ class DevWorkers:
             status = deployment.get("status") or {}
             if status.get("readyReplicas", 0) == workers and status.get("replicas", 0) == workers:
                 continue
-            self._api.patch(lightkube.resources.apps_v1.Deployment.Status, meta["name"],
-                            {"status": {"replicas": workers, "readyReplicas": workers, "availableReplicas": workers,
-                                        "updatedReplicas": workers, "observedGeneration": meta.get("generation")}},
-                            namespace=meta["namespace"], patch_type=lightkube.types.PatchType.MERGE)
+            try:
+                self._api.patch(lightkube.resources.apps_v1.Deployment.Status, meta["name"],
+                                {"status": {"replicas": workers, "readyReplicas": workers, "availableReplicas": workers,
+                                            "updatedReplicas": workers, "observedGeneration": meta.get("generation")}},
+                                namespace=meta["namespace"], patch_type=lightkube.types.PatchType.MERGE)
+            except kube.ApiError as exc:
+                if not kube.is_not_found(exc):  # deleted with its pool meanwhile: nothing to report
+                    raise
 
 
 def start(config: settings.Settings, broker: dramatiq.Broker) -> DevWorkers:
