@@ -289,6 +289,7 @@ def dev(
     try:
         gateway_url, stop_gateway = _start_dev_gateway(endpoints, gateway_port)
         kubectl, note = binaries.kubectl_hint()
+        me = _this_command()
         for text in (
             f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
             f"database {endpoints.database_url}, broker: {endpoints.broker}, gateway {gateway_url} (no auth)",
@@ -296,8 +297,8 @@ def dev(
             f"  {endpoints.exports()}",
             f"  {kubectl} apply -f {EXAMPLE}" + (f"   # {note}" if note else ""),
             f"  {kubectl} get ar -w",
-            "  agentrun logs hello -f",
-            f"  agentrun list --gateway {gateway_url}   # any run command works through the gateway too "
+            f"  {me} logs hello -f",
+            f"  {me} list --gateway {gateway_url}   # any run command works through the gateway too "
             f"(or export AGENTRUN_GATEWAY_URL={gateway_url})",
             f"The web view: {gateway_url}/ (runs, live streams, stop)",
             "Ctrl-C stops everything.",
@@ -307,6 +308,19 @@ def dev(
     finally:
         stop_gateway()
         stack.stop()
+
+
+def _this_command() -> str:
+    """How to run this CLI again from another terminal: ``agentrun`` when PATH finds this one,
+    else its full path (a virtualenv that is not activated)."""
+    import shutil
+    import sys
+
+    mine = pathlib.Path(sys.argv[0]).resolve()
+    found = shutil.which("agentrun")
+    if mine.name == "agentrun" and (found is None or pathlib.Path(found).resolve() != mine):
+        return str(mine)
+    return "agentrun"
 
 
 def _start_dev_gateway(endpoints: Any, port: int) -> tuple[str, Callable[[], None]]:
