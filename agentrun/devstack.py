@@ -3,8 +3,10 @@
 Starts the Kubernetes API emulator (with every CRD of ``agentrun.schema.crds_dir()`` and a
 kubeconfig for kubectl), an embedded Redis (fakeredis over TCP, so a second terminal can follow streams)
 unless ``AGENTRUN_REDIS_URL`` is set, SQLite unless ``AGENTRUN_DATABASE_URL`` is set, the
-in-process stub broker unless ``AGENTRUN_BROKER_URL`` is set, then the operator and a
-worker of the ``default`` pool in this process.
+in-process stub broker unless ``AGENTRUN_BROKER_URL`` is set, then the worker and the
+operator in this process. The ``default`` WorkerPool is created; the worker component serves
+every WorkerPool applied later too (``agentrun_worker.local``), as the operator's Deployments
+do in a cluster.
 """
 
 from __future__ import annotations

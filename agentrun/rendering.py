@@ -137,6 +137,11 @@ class Renderer:
         else:
             self._note(f"{kind}: {json.dumps(event, ensure_ascii=False, default=str)}")
 
+    def end_line(self) -> None:
+        """End the assistant's text line, if one is open, before something else is printed
+        (on stderr, say) so that it starts a line of its own."""
+        self._end_text()
+
     def _end_text(self) -> None:
         if self.in_text:
             self.console.out("")

@@ -20,6 +20,15 @@ Event = tuple[str | None, dict[str, Any]]
 gateway's ``expired`` fallback and a final status built from the resource)."""
 
 
+CONNECTION = "connection"
+"""The type of the events a client yields (with id None) about its own connection: ``state``
+``lost`` or ``resumed`` and a ``message`` for people. Never part of a run's stream."""
+
+
+def connection_event(state: str, message: str) -> dict[str, Any]:
+    return {"type": CONNECTION, "state": state, "message": message}
+
+
 class ClientError(Exception):
     """A failure to explain: ``message`` says what happened, ``hint`` what to do next."""
 
@@ -74,6 +83,16 @@ class Client(abc.ABC):
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create an AgentRun; returns it as stored."""
 
+    async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Create an object of an agentrun kind, or update a WorkerPool's or AgentWorkflow's
+        spec if it exists (``kubectl apply``); returns it and ``created`` or ``configured``.
+        This default takes AgentRuns only."""
+        if manifest.get("kind") == "AgentRun":
+            return await self.create(manifest), "created"
+        raise Invalid(f"{self.where} takes AgentRuns only, not the {manifest.get('kind')} "
+                      f"\"{manifest.get('metadata', {}).get('name')}\"",
+                      "Apply it with kubectl apply -f (or agentrun submit without --gateway), then submit the runs.")
+
     @abc.abstractmethod
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         """One AgentRun; :class:`NotFound` when there is none."""
@@ -92,7 +111,10 @@ class Client(abc.ABC):
 
     @abc.abstractmethod
     def events(self, run: dict[str, Any], *, last_id: str, follow: bool) -> AsyncIterator[Event]:
-        """The run's stream after ``last_id``: with ``follow`` until its end, else what is there now."""
+        """The run's stream after ``last_id``: with ``follow`` until its end, else what is there now.
+
+        Following, a client may also yield :data:`CONNECTION` events (id None) when it loses
+        its connection and gets it back, saying what was missed."""
 
     async def pool_missing(self, namespace: str, pool: str) -> list[str] | None:
         """The pools of ``namespace`` when ``pool`` is not among them; None when it exists or

@@ -9,7 +9,9 @@ server that were tried.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +24,7 @@ import lightkube.types
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-from agentrun import kube, phases, streams
+from agentrun import keys, kube, phases, streams
 from agentrun.clients import base
 
 DEV_HINT = "Locally, start `agentrun dev` and export what it prints; or pick another context with --context."
@@ -60,6 +62,9 @@ class ClusterClient(base.Client):
             raise base.Unreachable(f"no usable Kubernetes configuration: {exc}", hint) from exc
         self._redis_url = redis_url
         self._redis: aioredis.Redis | None = None
+        self.reconnect_seconds = 60.0
+        """How long ``events`` tries to get a lost Redis back before it gives up (a restart or a
+        failover takes seconds; a minute of nothing is an outage to report)."""
 
     async def close(self) -> None:
         await self._api.close()
@@ -86,6 +91,25 @@ class ClusterClient(base.Client):
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         return kube.to_dict(await self._call(self._api.create(lightkube.codecs.from_dict(manifest))))
+
+    async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        resource = {"WorkerPool": kube.WorkerPool, "AgentWorkflow": kube.AgentWorkflow}.get(str(manifest.get("kind")))
+        if resource is None:
+            return await super().apply(manifest)
+        meta = manifest["metadata"]
+        try:
+            current = kube.to_dict(await self._call(self._api.get(resource, meta["name"], namespace=meta["namespace"])))
+        except kube.ApiError as exc:
+            if not kube.is_not_found(exc):
+                raise
+            return await self.create(manifest), "created"
+        # the file's spec, whole (as kubectl apply leaves it when the file is the only writer)
+        current["spec"] = manifest.get("spec") or {}
+        for field in ("labels", "annotations"):
+            if meta.get(field):
+                current["metadata"][field] = {**(current["metadata"].get(field) or {}), **meta[field]}
+        replaced = await self._call(self._api.replace(lightkube.codecs.from_dict(current)))
+        return kube.to_dict(replaced), "configured"
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         try:
@@ -156,29 +180,87 @@ class ClusterClient(base.Client):
                     if last_id == streams.START or streams_after(entry_id, last_id):
                         yield entry_id, event
                 return
-            ended: dict[str, Any] = {}
-
-            async def still_going() -> bool:
-                try:
-                    current = await self.get(namespace, name)
-                except base.NotFound:
-                    current = None
-                if current is None or current["metadata"].get("uid") != uid:
-                    ended["event"] = {"type": streams.STATUS, "status": "deleted"}
-                    return False
-                if phases.is_terminal(base.phase_of(current)):
-                    ended["event"] = base.final_status(current)
-                    return False
-                return True
-
-            async for entry_id, event in streams.follow(client, uid, last_id=last_id, block_ms=2_000,
-                                                        on_idle=still_going):
-                yield entry_id, event
-            if "event" in ended:  # ended (or was deleted) without a terminal event in its stream
-                yield None, ended["event"]
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            await client.ping()  # a wrong URL fails here, at once, blaming the URL
+        except _REDIS_DOWN as exc:
             raise base.Unreachable(f"cannot reach Redis at {_safe(self._redis_url)}: {exc}",
                                    "Check AGENTRUN_REDIS_URL, or go through the gateway with --gateway URL.") from exc
+        ended: dict[str, Any] = {}
+
+        async def still_going() -> bool:
+            try:
+                current = await self.get(namespace, name)
+            except base.NotFound:
+                current = None
+            if current is None or current["metadata"].get("uid") != uid:
+                ended["event"] = {"type": streams.STATUS, "status": "deleted"}
+                return False
+            if phases.is_terminal(base.phase_of(current)):
+                ended["event"] = base.final_status(current)
+                return False
+            return True
+
+        # Once connected, a lost connection (Redis restarted, a network blip) is waited out
+        # with backoff and the stream resumed after the last event yielded; the caller hears
+        # of it through ``connection`` events, and of what Redis lost meanwhile.
+        cursor, lost_at, backoff = last_id, None, RECONNECT_FIRST_SECONDS
+        while True:
+            try:
+                if lost_at is not None:
+                    await client.ping()
+                    gap = await _what_was_missed(client, uid, cursor)
+                    yield None, base.connection_event(
+                        "resumed", f"reconnected to Redis after {time.monotonic() - lost_at:.1f} s; {gap}")
+                    lost_at, backoff = None, RECONNECT_FIRST_SECONDS
+                async for entry_id, event in streams.follow(client, uid, last_id=cursor, block_ms=2_000,
+                                                            on_idle=still_going):
+                    cursor = entry_id
+                    yield entry_id, event
+                break
+            except _REDIS_DOWN as exc:
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    where = "before any event" if cursor == streams.START else f"after event {cursor}"
+                    yield None, base.connection_event(
+                        "lost", f"lost the connection to Redis at {_safe(self._redis_url)} {where} "
+                                f"({type(exc).__name__}: {exc}); reconnecting for up to "
+                                f"{self.reconnect_seconds:.0f} s (resume later with --since-id {cursor})")
+                elif now - lost_at > self.reconnect_seconds:
+                    raise base.Unreachable(
+                        f"lost Redis at {_safe(self._redis_url)} and could not reconnect for "
+                        f"{self.reconnect_seconds:.0f} s: {exc}",
+                        f"Resume with `agentrun logs {name} -n {namespace} -f --since-id {cursor}` once Redis "
+                        "is back.") from exc
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
+        if "event" in ended:  # ended (or was deleted) without a terminal event in its stream
+            yield None, ended["event"]
+
+
+_REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+RECONNECT_FIRST_SECONDS = 0.2
+"""First wait before reconnecting to Redis, doubled after each failure."""
+RECONNECT_MAX_SECONDS = 2.0
+"""Longest wait between two reconnection attempts: a restarted Redis is noticed within it."""
+
+
+async def _what_was_missed(client: aioredis.Redis, uid: str, cursor: str) -> str:
+    """What a follower after ``cursor`` missed while Redis was away: nothing, when the entry at
+    the cursor is still there; else Redis came back without (part of) the stream."""
+    key = keys.stream(uid)
+    if cursor != streams.START and await client.xrange(key, cursor, cursor):
+        return "nothing was missed"
+    first: Any = await client.xrange(key, "-", "+", count=1)
+    if not first:
+        return ("Redis came back without this run's stream (it restarted empty): events written after "
+                f"{cursor if cursor != streams.START else 'the start'} and before the restart are lost; "
+                "following what comes next")
+    first_id = first[0][0].decode() if isinstance(first[0][0], bytes) else str(first[0][0])
+    if cursor == streams.START:
+        return "nothing was missed"
+    return (f"Redis restarted without this run's stream: events written after {cursor} and before the "
+            f"restart, if there were any, are lost; following from {first_id}")
 
 
 def streams_after(entry_id: str, last_id: str) -> bool:

@@ -97,12 +97,21 @@ class Verifier:
         self._claim = namespaces_claim
         self._leeway = leeway_seconds
         self.allow_anonymous = allow_anonymous
+        self._verifies = bool(secret or jwks_url or jwks_file)
+        self._told_ignoring = False
 
     async def authenticate(self, headers: Mapping[str, str], query: Collection[str]) -> Principal:
         """The principal of a request from its headers; :class:`AuthError` 401 when not proven."""
         if any(name.lower() in URL_TOKEN_PARAMS for name in query):
             raise AuthError(401, "token_in_url", "tokens are accepted only in the Authorization header, never in URLs")
         header = headers.get("authorization")
+        if self.allow_anonymous and not self._verifies:
+            # No auth at all (agentrun dev): a token someone exported for another gateway
+            # proves nothing here and refusing it would only get in the way.
+            if header and not self._told_ignoring:
+                self._told_ignoring = True
+                logger.info("gateway.token_ignored", why="authentication is off: every request is anonymous")
+            return ANONYMOUS
         if not header:
             if self.allow_anonymous:
                 return ANONYMOUS

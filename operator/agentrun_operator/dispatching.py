@@ -83,6 +83,7 @@ async def dispatch(
     except (PoolMissing, workflows.WorkflowMissing, workflows.WorkflowInvalid) as exc:
         # What the run names may be applied just after it (kubectl apply -f dir/): wait a little
         if not isinstance(exc, workflows.WorkflowInvalid) and age_seconds(meta) < pool_wait_seconds:
+            await show_waiting(api, body, exc, pool_wait_seconds)
             raise kopf.TemporaryError(f"waiting: {exc}", delay=1) from None
         reason, text = exc.reason, str(exc)
         eventing.ended_here(uid)
@@ -134,6 +135,23 @@ async def dispatch(
     _published.add((uid, attempt))
     kopf.info(body, reason="Queued", message=f"attempt {attempt} queued on {queue}")
     log.info("run.queued", queue=queue, attempt=attempt, message_id=message_id)
+
+
+WAITING_REASONS = {PoolMissing: "WaitingForWorkerPool", workflows.WorkflowMissing: "WaitingForWorkflow"}
+
+
+async def show_waiting(api: lightkube.AsyncClient, body: kopf.Body, missing: Exception, wait_seconds: float) -> None:
+    """Say on a new run what it waits for (phase Pending, reason, ``Dispatched`` condition
+    False), once: a blank phase for the whole wait told people nothing."""
+    meta, status = body.metadata, body.status
+    reason = WAITING_REASONS[type(missing)]
+    if status.get("reason") == reason or status.get("phase") not in (None, "", phases.Phase.PENDING):
+        return
+    assert meta.namespace is not None and meta.name is not None
+    text = f"waiting for it to be created: {missing} (the run fails after {wait_seconds:g} s)"
+    await kube.transition(api, meta.namespace, meta.name, phases.Phase.PENDING, attempt=1, uid=meta.uid,
+                          fields={"reason": reason, "message": text, "observedGeneration": meta.get("generation")},
+                          condition=("Dispatched", "False", reason, text), seen=dict(body))
 
 
 async def publish(

@@ -37,11 +37,13 @@ def test_the_operator_builds_worker_pods_the_chart_expects(scenario: str, monkey
     operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator"))
     settings = operator_settings(operator, monkeypatch)
     pool = only(docs, "WorkerPool")
-    chart_image = pool["spec"]["image"]  # the chart's worker image
-    # As the API server would hand it over: a uid, the CRD's defaults; without spec.image, so the
-    # operator's default (the chart's worker image) is what is checked.
+    # The chart's default pool names no image: it runs the worker image the chart gives the
+    # operator, which upgrades change (tests/chart/test_upgrade.py).
+    assert "image" not in pool["spec"] and "imagePullPolicy" not in pool["spec"]
+    [operator_container] = operator["spec"]["template"]["spec"]["containers"]
+    chart_image = next(e["value"] for e in operator_container["env"] if e["name"] == "AGENTRUN_WORKER_IMAGE")
+    # As the API server would hand it over: a uid, the CRD's defaults.
     pool["metadata"]["uid"] = "00000000-0000-4000-8000-000000000000"
-    pool["spec"] = {k: v for k, v in pool["spec"].items() if k not in ("image", "imagePullPolicy")}
     pool = schema.apply_defaults(schema.crd_for("WorkerPool"), pool)
     deployment = deployments.deployment_for(pool, settings, replicas=1)
     pod = deployment["spec"]["template"]

@@ -7,6 +7,9 @@ loads them once per process.
 
 from __future__ import annotations
 
+import contextvars
+import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import pydantic
@@ -90,3 +93,17 @@ class WorkerSettings(BaseSettings):
 
 def load() -> WorkerSettings:
     return WorkerSettings()
+
+
+pool_env: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("pool_env", default=None)
+"""The environment of the WorkerPool whose message is being processed, over the process's.
+
+In a cluster each pool has processes of its own and this stays empty. ``agentrun dev`` runs
+every pool in one process and sets it per message (``runtime.enter_queue``), so that a pool's
+``env`` reaches its runs only."""
+
+
+def getenv(name: str) -> str | None:
+    """A variable of the worker's environment: its pool's (in ``agentrun dev``), else the process's."""
+    value = (pool_env.get() or {}).get(name)
+    return value if value is not None else os.environ.get(name)

@@ -31,7 +31,10 @@ import asyncio
 import contextlib
 import json
 import os
+import pathlib
 import re
+import shutil
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -133,10 +136,28 @@ def tool_name(server: str, tool: str, taken: set[str]) -> str:
     return name
 
 
+def resolve_command(command: str, server: str) -> str:
+    """The executable a stdio server's ``command`` names, found as in the worker image: the
+    worker's own virtualenv's bin directory first (where ``pip install`` puts MCP servers,
+    even when the virtualenv is not activated), then ``PATH``."""
+    if os.sep in command:
+        return command
+    own = pathlib.Path(sys.executable).parent / command
+    if own.is_file() and os.access(own, os.X_OK):
+        return str(own)
+    found = shutil.which(command)
+    if found:
+        return found
+    raise ServerUnavailable(
+        f'MCP server "{server}": command {command!r} not found in the worker\'s virtualenv '
+        f"({pathlib.Path(sys.executable).parent}) nor on its PATH; install it there (pip install …) "
+        "or give its full path")
+
+
 def _secrets(items: Sequence[_FromEnv], server: str, field: str) -> dict[str, str]:
     values = {}
     for item in items:
-        value = os.environ.get(item.from_env)
+        value = config.getenv(item.from_env)
         if value is None:
             raise ServerUnavailable(
                 f'MCP server "{server}": {field} {item.name} needs the worker environment variable '
@@ -196,7 +217,8 @@ class Connection:
             env = _secrets(spec.env_from, spec.name, "envFrom")
             from mcp.client.stdio import StdioServerParameters
 
-            return StdioServerParameters(command=spec.command, args=list(spec.args), env=env or None)
+            return StdioServerParameters(command=resolve_command(spec.command, spec.name), args=list(spec.args),
+                                         env=env or None)
         if not spec.url:
             raise ServerUnavailable(f'MCP server "{spec.name}": url is required for transport http')
         headers = _secrets(spec.headers_from, spec.name, "headersFrom")

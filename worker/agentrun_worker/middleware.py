@@ -1,4 +1,5 @@
-"""Worker middleware: closing the worker's clients when the worker shuts down.
+"""Worker middleware: closing the worker's clients when the worker shuts down; in
+``agentrun dev``, giving each message its pool's settings (``CurrentPool``).
 
 The clients (Redis, Kubernetes, the store) live on Dramatiq's event loop thread. After the
 worker threads have finished their runs, they are closed on that loop — before the AsyncIO
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import dramatiq
 import dramatiq.asyncio
+import dramatiq.broker
+import dramatiq.common
 
 from agentrun_worker import runtime, tracing
 
@@ -22,3 +25,12 @@ class CloseClients(dramatiq.Middleware):
         if loop_thread is not None:
             loop_thread.run_coroutine(runtime.close())
         tracing.shutdown()  # what the trace exporters still buffer goes out before the process exits
+
+
+class CurrentPool(dramatiq.Middleware):
+    """``agentrun dev`` serves every WorkerPool from one process: each message runs with the
+    settings and environment of the pool whose queue it came from (``runtime.use_pool``).
+    Set on the worker thread before the actor is called; the actor's coroutine copies it."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        runtime.enter_queue(dramatiq.common.q_name(message.queue_name))

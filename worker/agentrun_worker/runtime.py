@@ -9,8 +9,10 @@ loop thread, so the clients are built once, lazily, on that loop. ``agentrun dev
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import os
+from collections.abc import Mapping
 
 import dramatiq
 import lightkube
@@ -29,6 +31,8 @@ _worker_config: worker_settings.WorkerSettings | None = None
 _broker: dramatiq.Broker | None = None
 _clients: Clients | None = None
 _lock: asyncio.Lock | None = None
+_pools: dict[str, tuple[worker_settings.WorkerSettings, Mapping[str, str]]] = {}
+_queue: contextvars.ContextVar[str | None] = contextvars.ContextVar("queue", default=None)
 
 
 @dataclasses.dataclass
@@ -52,9 +56,31 @@ def config() -> settings.Settings:
     return _config
 
 
+def use_pool(queue: str, settings: worker_settings.WorkerSettings, env: Mapping[str, str]) -> None:
+    """Give the messages of ``queue`` their pool's settings and environment (``agentrun dev``,
+    which serves every pool from one process)."""
+    _pools[queue] = (settings, dict(env))
+
+
+def drop_pool(queue: str) -> None:
+    _pools.pop(queue, None)
+
+
+def enter_queue(queue: str) -> None:
+    """The message about to be processed came from ``queue``: its pool's settings and
+    environment apply to it (and to the tasks it starts, which copy the context)."""
+    _queue.set(queue)
+    found = _pools.get(queue)
+    worker_settings.pool_env.set(found[1] if found else None)
+
+
 def worker_config() -> worker_settings.WorkerSettings:
-    """The worker's own settings (``agentrun_worker.config``)."""
+    """The worker's own settings (``agentrun_worker.config``); in ``agentrun dev``, those of the
+    pool whose message is being processed."""
     global _worker_config
+    queue = _queue.get()
+    if queue is not None and queue in _pools:
+        return _pools[queue][0]
     if _worker_config is None:
         _worker_config = worker_settings.load()
     return _worker_config

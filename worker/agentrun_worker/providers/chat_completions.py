@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import random
 from typing import Any
 
@@ -47,22 +46,28 @@ def split_model(model: str) -> tuple[str, str] | None:
 
 
 def client_for(prefix: str, endpoint: config.Endpoint, settings: config.WorkerSettings) -> openai.AsyncOpenAI:
-    """The process's client for an endpoint (one connection pool each), built on first use."""
-    client = _clients.get(prefix)
+    """The process's client for an endpoint (one connection pool each), built on first use.
+
+    Keyed by the key and URL too: in ``agentrun dev`` pools share a process, each with its own
+    environment (``config.getenv``)."""
+    api_key = config.getenv(endpoint.api_key_env)
+    if not api_key:
+        raise base.ProviderUnavailable(
+            f'model prefix "{prefix}" needs an API key in the worker\'s environment variable '
+            f"{endpoint.api_key_env} (set it on the WorkerPool; any value for servers without keys)"
+        )
+    # None: the library's default (OpenAI's own)
+    base_url = endpoint.base_url or config.getenv("OPENAI_BASE_URL") or None
+    key = f"{prefix}\0{base_url}\0{api_key}"
+    client = _clients.get(key)
     if client is None:
-        api_key = os.environ.get(endpoint.api_key_env)
-        if not api_key:
-            raise base.ProviderUnavailable(
-                f'model prefix "{prefix}" needs an API key in the worker\'s environment variable '
-                f"{endpoint.api_key_env} (set it on the WorkerPool; any value for servers without keys)"
-            )
         client = openai.AsyncOpenAI(
             api_key=api_key,
-            base_url=endpoint.base_url or None,  # None: OPENAI_BASE_URL, else the library's default
+            base_url=base_url,
             max_retries=0,  # retried here, where a retry after streamed text can be refused
             timeout=httpx2.Timeout(settings.model_timeout_seconds, connect=10.0),
         )
-        _clients[prefix] = client
+        _clients[key] = client
     return client
 
 
