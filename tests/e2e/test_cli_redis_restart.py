@@ -29,7 +29,7 @@ import redis
 from agentrun import keys, kube, streams
 from tests.e2e import harness
 from tests.e2e.emulated import api  # noqa: F401  (fixture)
-from tests.e2e.test_redis_restart import RedisServer
+from tests.e2e.redisnode import RedisServer
 
 pytestmark = pytest.mark.e2e
 BIN = pathlib.Path(sys.executable).parent

@@ -19,8 +19,6 @@ shared Redis, which must never be restarted.
 
 from __future__ import annotations
 
-import pathlib
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +26,7 @@ import redis
 
 from agentrun import keys, streams
 from tests.e2e import harness
+from tests.e2e.redisnode import RedisServer
 from tests.e2e.scenarios import agentrun, final_events, stream_events
 
 pytestmark = pytest.mark.e2e
@@ -35,40 +34,6 @@ pytestmark = pytest.mark.e2e
 
 # 25 turns of 8 words, 60 ms a word: about 12 s of streaming, so the restart falls mid-run.
 SLOW = [{"text": " ".join(f"w{turn}-{i}" for i in range(8)), "chunkDelayMs": 60} for turn in range(25)]
-
-
-class RedisServer:
-    """A private redis-server with no persistence: a restart starts it empty."""
-
-    def __init__(self, log_dir: pathlib.Path) -> None:
-        self.port = harness.free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.log_dir / f"redis-{self.port}.log", "ab")  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        except FileNotFoundError:
-            pytest.fail("redis-server is not installed: apt-get install redis-server")
-
-        def up() -> bool:
-            try:
-                return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
-            except redis.RedisError:
-                return False
-
-        harness.wait_until(up, 20, f"redis-server on port {self.port}", interval=0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
