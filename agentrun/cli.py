@@ -301,6 +301,7 @@ def dev(
             f"  {me} list --gateway {gateway_url}   # any run command works through the gateway too "
             f"(or export AGENTRUN_GATEWAY_URL={gateway_url})",
             f"The web view: {gateway_url}/ (runs, live streams, stop)",
+            *([f"Worker metrics: {endpoints.worker_metrics_url}"] if endpoints.worker_metrics_url else []),
             "Ctrl-C stops everything.",
         ):
             out.print(text, soft_wrap=True, markup=text.startswith("[bold]"), highlight=False)

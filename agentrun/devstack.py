@@ -70,6 +70,7 @@ class Endpoints:
     redis_url: str
     database_url: str
     broker: str
+    worker_metrics_url: str | None = None
 
     def exports(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig} AGENTRUN_REDIS_URL={self.redis_url}"
@@ -124,6 +125,7 @@ class DevStack:
             redis_url=redis_url,
             database_url=database_url,
             broker="RabbitMQ" if self.config.broker_url else "in-process stub broker",
+            worker_metrics_url=getattr(worker, "metrics_url", None),
         )
         return self.endpoints
 

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import httpx
+import prometheus_client.parser
 import pytest
 import yaml
 
@@ -145,8 +146,15 @@ def test_a_newcomer_runs_every_example_under_agentrun_dev(tmp_path: pathlib.Path
         # And the operator's metrics endpoint answers
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert "agentrun_runs_finished_total" in scraped and "agentrun_pool_ready_replicas" in scraped
-        # WORKER METRICS: the workers' Prometheus endpoint (port 9191, branch prom) is built
-        # elsewhere; scrape dev's worker metrics here once agentrun dev serves them.
+        # And so does the workers' endpoint dev prints, counting the runs they finished
+        worker_metrics = re.search(r"^Worker metrics: (\S+)$", printed, re.M)
+        assert worker_metrics, printed
+        families = {f.name: f for f in prometheus_client.parser.text_string_to_metric_families(
+            httpx.get(worker_metrics.group(1), timeout=5).text)}
+        finished = {(s.labels["phase"], s.labels["queue_name"]): s.value
+                    for s in families["agentrun_worker_runs_finished"].samples if s.name.endswith("_total")}
+        assert finished.get(("Succeeded", "agentrun.default.default"), 0) >= 1, finished
+        assert "dramatiq_messages" in families, sorted(families)
     finally:
         if dev.alive():
             assert dev.popen is not None

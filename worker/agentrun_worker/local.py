@@ -35,7 +35,7 @@ import structlog
 
 from agentrun import kube, message, settings
 from agentrun_worker import config as worker_settings
-from agentrun_worker import middleware, runtime
+from agentrun_worker import metrics, middleware, runtime
 
 logger = structlog.get_logger(__name__)
 
@@ -153,6 +153,7 @@ class DevWorkers:
                                        worker_timeout=100)
         self._api = lightkube.Client(field_manager="agentrun-dev")  # KUBECONFIG: the dev stack's emulator
         self._running: dict[str, str] = {}  # queue -> resourceVersion of its pool
+        self.metrics_url: str | None = None  # where the workers' /metrics is served (start())
         self._keys: dict[str, tuple[str, str]] = {}  # queue -> (namespace, pool)
         self._unresolved: dict[str, list[str]] = {}
         self._done = threading.Event()
@@ -268,5 +269,6 @@ class DevWorkers:
 
 def start(config: settings.Settings, broker: dramatiq.Broker) -> DevWorkers:
     workers = DevWorkers(config, broker)
+    workers.metrics_url = metrics.serve_in_process()
     workers.start()
     return workers

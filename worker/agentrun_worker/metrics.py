@@ -24,8 +24,9 @@ one machine never add up each other's samples and a container restarted in the s
 ``/tmp`` survives) starts from zero. Directories of commands that are gone are removed when a
 worker process boots.
 
-In ``agentrun dev`` the worker runs in the dev process, where no process boots: the hooks
-record nothing and nothing is served.
+In ``agentrun dev`` the worker runs in the dev process, where no process boots: the dev
+worker records the same series in memory and serves them on a port of its own that the
+kernel picks (:func:`serve_in_process`); ``agentrun dev`` prints the address.
 """
 
 from __future__ import annotations
@@ -60,15 +61,16 @@ DURATION_BUCKETS_MS = (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 
 
 
 class _Series:
-    """Every series of this process (unregistered: the exposition reads the multiprocess files)."""
+    """Every series of this process: unregistered in a worker process (the exposition reads the
+    multiprocess files), in a registry of its own in ``agentrun dev``."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
         def counter(name: str, text: str, labels: tuple[str, ...] = MESSAGE_LABELS) -> prometheus_client.Counter:
-            return prometheus_client.Counter(name, text, labels, registry=None)
+            return prometheus_client.Counter(name, text, labels, registry=registry)
 
         def gauge(name: str, text: str, labels: tuple[str, ...] = MESSAGE_LABELS) -> prometheus_client.Gauge:
             # livesum: the sum over the worker processes alive now (a dead one's runs are not in flight)
-            return prometheus_client.Gauge(name, text, labels, registry=None, multiprocess_mode="livesum")
+            return prometheus_client.Gauge(name, text, labels, registry=registry, multiprocess_mode="livesum")
 
         self.messages = counter("dramatiq_messages_total", "The total number of messages processed.")
         self.errors = counter("dramatiq_message_errors_total", "The total number of errored messages.")
@@ -78,7 +80,7 @@ class _Series:
         self.delayed = gauge("dramatiq_delayed_messages_inprogress", "The number of delayed messages in memory.")
         self.durations = prometheus_client.Histogram(
             "dramatiq_message_duration_milliseconds", "The time spent processing messages.", MESSAGE_LABELS,
-            buckets=DURATION_BUCKETS_MS, registry=None)
+            buckets=DURATION_BUCKETS_MS, registry=registry)
         self.runs_started = counter(
             "agentrun_worker_runs_started_total",
             "Runs this worker started (phase Running); duplicates and stale deliveries are not counted.",
@@ -246,3 +248,15 @@ def serve() -> int:
     logger.info("worker.metrics_serving", port=port, path="/metrics")
     thread.join()
     return 0
+
+
+def serve_in_process(host: str = "127.0.0.1") -> str:
+    """``agentrun dev``: record this process's series in memory and serve them on a port the
+    kernel picks (two dev stacks on one machine never clash); returns the URL."""
+    global _series
+    registry = prometheus_client.CollectorRegistry()
+    _series = _Series(registry)
+    server, _ = prometheus_client.start_http_server(0, addr=host, registry=registry)
+    url = f"http://{host}:{server.server_port}/metrics"
+    logger.info("worker.metrics_serving", url=url)
+    return url
