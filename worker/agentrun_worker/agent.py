@@ -106,7 +106,10 @@ class AgentLoop:
                 raise BudgetExceeded(f"the run used {used} tokens of its budget maxTokens={self._max_tokens}")
             outcome.iterations = iteration
 
-            def on_delta(chunk: str, iteration: int = iteration) -> None:
+            streamed: list[str] = []
+
+            def on_delta(chunk: str, iteration: int = iteration, streamed: list[str] = streamed) -> None:
+                streamed.append(chunk)
                 self._writer.emit({"type": streams.ASSISTANT, "delta": chunk, "iteration": iteration})
 
             schemas = self._registry.schemas() or None
@@ -115,10 +118,17 @@ class AgentLoop:
                 prompt, dropped = context.fit(self._messages, self._window, tools=schemas)
                 if dropped:
                     logger.info("context.trimmed", iteration=iteration, dropped=dropped, kept=len(prompt))
-            with tracing.chat(prompt, iteration=iteration) as chat:
-                turn = await self._provider.turn(prompt, iteration=iteration, on_delta=chat.watch(on_delta),
-                                                 tools=schemas)
-                chat.finished(turn)
+            try:
+                with tracing.chat(prompt, iteration=iteration) as chat:
+                    turn = await self._provider.turn(prompt, iteration=iteration, on_delta=chat.watch(on_delta),
+                                                     tools=schemas)
+                    chat.finished(turn)
+            except BaseException:
+                if streamed:  # cut short (stop, deadline, error mid-answer): what it streamed still counts
+                    input_tokens, output_tokens = self._provider.partial_usage(prompt, "".join(streamed))
+                    outcome.input_tokens += input_tokens
+                    outcome.output_tokens += output_tokens
+                raise
             outcome.input_tokens += turn.input_tokens
             outcome.output_tokens += turn.output_tokens
             outcome.result = turn.text

@@ -32,7 +32,19 @@ import structlog
 
 from agentrun import broker as brokers
 from agentrun import control, keys, kube, message, phases, store, streams
-from agentrun_worker import agent, leases, mcp, providers, runtime, shutdown, stopping, threads, tools, workflows
+from agentrun_worker import (
+    agent,
+    history,
+    leases,
+    mcp,
+    providers,
+    runtime,
+    shutdown,
+    stopping,
+    threads,
+    tools,
+    workflows,
+)
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -59,24 +71,6 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
     if not value:
         return None
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _history_message(record: store.MessageRecord) -> dict[str, Any]:
-    """A stored message as the model sees it: a dict content (a turn with tool calls, a tool
-    result) holds the message's fields; anything else is the text content."""
-    if isinstance(record.content, dict):
-        return {"role": record.role, **record.content}
-    return {"role": record.role, "content": record.content}
-
-
-async def _thread_messages(db: store.Store, thread_id: str, page: int = 1000) -> list[store.MessageRecord]:
-    """Every message of the thread, page by page: a long thread's latest turns matter most."""
-    messages: list[store.MessageRecord] = []
-    while True:
-        batch = await db.list_messages(thread_id, after_seq=messages[-1].seq if messages else 0, limit=page)
-        messages.extend(batch)
-        if len(batch) < page:
-            return messages
 
 
 def _truncate(text: str | None, limit: int) -> str | None:
@@ -126,7 +120,8 @@ class Execution:
             clients.redis, msg.uid, maxlen=config.stream_maxlen, batch_max=config.stream_batch_max
         )
         self.lease_lost = asyncio.Event()
-        self.iterations = 0
+        self.runner: agent.AgentLoop | workflows.Executor | None = None
+        """The loop being driven, once there is one: its live outcome is the run's so far."""
         self.handed_back = False
         self.waiting = False
         self.thread = threads.ThreadSlot(clients.redis, msg.thread_id, uid=msg.uid, namespace=msg.namespace,
@@ -208,10 +203,10 @@ class Execution:
         nothing else would end the run early.
         """
         try:
-            patched = await kube.patch_status(
-                self.c.api, self.msg.namespace, self.msg.name,
-                {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
-            )
+            beat: dict[str, Any] = {"lastHeartbeatTime": kube.now()}
+            if self.runner is not None:  # never 0 while turns are done: the ITERATIONS column reads it
+                beat["iterations"] = self.iterations
+            patched = await kube.patch_status(self.c.api, self.msg.namespace, self.msg.name, beat)
             if (patched.get("spec") or {}).get("stop") and patched["metadata"].get("uid") == self.msg.uid:
                 self.watch.request(stopping.STOP_REQUESTED)
         except kube.ApiError as exc:
@@ -229,6 +224,11 @@ class Execution:
         status = obj.get("status") or {}
         return (obj["metadata"].get("uid") == self.msg.uid and int(status.get("attempt") or 0) == self.msg.attempt
                 and status.get("phase") in (phases.Phase.RUNNING, phases.Phase.STOPPING))
+
+    @property
+    def iterations(self) -> int:
+        """The iterations of the run so far (0 before its loop starts)."""
+        return self.runner.outcome.iterations if self.runner is not None else 0
 
     # -- the whole run ------------------------------------------------------------------------
 
@@ -395,19 +395,14 @@ class Execution:
         except mcp.Interrupted:
             await self._finish_stopped()
             return
-        stored = [m for m in await _thread_messages(self.c.store, msg.thread_id)
-                  if m.role in ("user", "assistant", "tool")]
-        history = [_history_message(m) for m in stored]
+        conversation = await history.read(self.c.store, msg.thread_id, run_id=msg.uid, attempt=msg.attempt)
         # Turns this attempt already completed (a delivery handed back by a worker that shut
         # down): the loop resumes after them instead of running them again.
-        own_turns = f"{msg.uid}/{msg.attempt}/"
-        resumed = [m for m in stored if m.role == "assistant" and m.id.startswith(own_turns)]
+        resumed = conversation.resumed_turns()
         loop = agent.AgentLoop(
             provider=provider, writer=self.writer, db=self.c.store, run_id=msg.uid, attempt=msg.attempt,
-            thread_id=msg.thread_id, agent=agent_spec, history=history,
-            completed_turns=len(resumed),
-            last_result=str(_history_message(resumed[-1]).get("content") or "") if resumed else "",
-            registry=registry,
+            thread_id=msg.thread_id, agent=agent_spec, history=conversation.history(),
+            completed_turns=len(resumed), last_result=history.last_result(resumed), registry=registry,
         )
         if resumed:
             logger.info("run.resumed", after_iteration=len(resumed))
@@ -416,6 +411,7 @@ class Execution:
     async def _drive(self, loop: agent.AgentLoop | workflows.Executor) -> None:
         """Run the loop until it ends, or a stop, the deadline, a lost lease or a hand-back ends it."""
         msg = self.msg
+        self.runner = loop
         task = asyncio.get_running_loop().create_task(loop.run())
         stop_wait = asyncio.get_running_loop().create_task(self.watch.requested.wait())
         lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())
@@ -431,12 +427,10 @@ class Execution:
             stop_wait.cancel()
             lost_wait.cancel()
             handback_wait.cancel()
-        self.iterations = loop.outcome.iterations
         if task not in done:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            self.iterations = loop.outcome.iterations
             if lost_wait in done:
                 logger.error("run.abandoned", why="lease lost: another worker may own this run")
                 return

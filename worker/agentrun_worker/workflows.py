@@ -45,7 +45,7 @@ from typing import Any
 import structlog
 
 from agentrun import message, store, streams, templates
-from agentrun_worker import agent, config, mcp, providers, tools
+from agentrun_worker import agent, config, history, mcp, providers, tools
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -129,13 +129,6 @@ class Context:
 
     def turn_id(self, suffix: str) -> str:
         return f"{self.run_id}/{self.attempt}/{suffix}"
-
-
-def _model_message(record: store.MessageRecord) -> dict[str, Any]:
-    """A stored message as the model sees it (a dict content holds the message's fields)."""
-    if isinstance(record.content, dict):
-        return {"role": record.role, **record.content}
-    return {"role": record.role, "content": record.content}
 
 
 def _add(total: agent.Outcome, part: agent.Outcome) -> None:
@@ -314,9 +307,9 @@ class AgentDriven(Executor):
         self._orchestrator = agent.AgentLoop(
             provider=provider, writer=ctx.writer, db=ctx.db, run_id=ctx.run_id, attempt=ctx.attempt,
             thread_id=ctx.thread_id, agent=spec,
-            history=[*ctx.history, {"role": "user", "content": ctx.user_input}, *map(_model_message, own)],
+            history=[*ctx.history, {"role": "user", "content": ctx.user_input}, *map(history.model_message, own)],
             registry=registry, completed_turns=len(turns),
-            last_result=str(_model_message(turns[-1]).get("content") or "") if turns else "",
+            last_result=history.last_result(turns),
         )
 
     def describe(self) -> str:
@@ -446,9 +439,7 @@ async def executor(
         raise Refused("WorkflowInvalid", f'AgentWorkflow "{name}": ' + "; ".join(problems))
     # The steps see the thread as it was before this run; the run's own input reaches them
     # through {{input}}, and messages of an interrupted execution of this run are left out.
-    stored = await db.list_messages(msg.thread_id)
-    history = [_model_message(m) for m in stored if m.role in ("user", "assistant", "tool") and m.run_id != msg.uid]
-    own = f"{msg.uid}/{msg.attempt}/"
+    conversation = await history.read(db, msg.thread_id, run_id=msg.uid, attempt=msg.attempt)
     servers: list[tools.Server] = []
     if toolbox is not None:
         base = dict(workflow.get("agent") or {})
@@ -458,8 +449,8 @@ async def executor(
         except tools.ToolNotFound as exc:
             raise Refused(exc.reason, str(exc)) from None
     ctx = Context(writer=writer, db=db, run_id=msg.uid, attempt=msg.attempt, thread_id=msg.thread_id,
-                  settings=settings, user_input=user_input, history=history,
-                  resumed=[m for m in stored if m.id.startswith(own)], servers=servers)
+                  settings=settings, user_input=user_input, history=conversation.history(other_runs_only=True),
+                  resumed=conversation.resumed(), servers=servers)
     kind = workflow.get("executor", DETERMINISTIC)
     logger.info("workflow.start", workflow=name, executor=kind, steps=len(workflow.get("steps") or []))
     return AgentDriven(ctx, workflow) if kind == AGENT else Deterministic(ctx, workflow)
