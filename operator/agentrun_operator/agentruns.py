@@ -13,14 +13,13 @@ from typing import Any
 import kopf
 import structlog
 
-from agentrun import control, phases
+from agentrun import control, phases, reasons, views
 from agentrun import settings as agentrun_settings
 from agentrun_operator import dispatching, eventing, metrics, scanning
 
 logger = structlog.get_logger(__name__)
 
 RESOURCE = ("agentrun.io", "v1alpha1", "agentruns")
-RUN_DELETED = "RunDeleted"
 
 
 @kopf.index(*RESOURCE)
@@ -37,8 +36,9 @@ def run_views(*, body: kopf.Body, **_: Any) -> dict[str, scanning.RunView]:
 @kopf.index(*RESOURCE)
 def run_pods(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str, str], str]:
     """Every live run by ``(namespace, pod)`` of its worker, for the pods' deletion cost."""
-    host = agentrun_settings.instance_host(body.status.get("workerInstance"))
-    live = body.status.get("phase") in scanning.LIVE
+    run = views.AgentRun(body)
+    host = agentrun_settings.instance_host(run.status.worker_instance)
+    live = phases.is_active(run.status.phase)
     if not live or host is None or uid is None or body.metadata.namespace is None:
         return {}
     return {(body.metadata.namespace, host): uid}
@@ -74,11 +74,12 @@ async def observe_run(*, type: str | None, body: kopf.Body, memo: Any, **_: Any)
 
 
 async def stop_deleted_run(body: kopf.Body, memo: Any) -> None:
-    phase = body.status.get("phase")
+    phase = views.AgentRun(body).status.phase
     uid = body.metadata.uid
     if uid is None or not phase or phases.is_terminal(phase) or memo.redis is None:
         return
-    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds, reason=RUN_DELETED)
+    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds,
+                               reason=reasons.Reason.RUN_DELETED)
     logger.info("run.stop_requested", run_id=uid, namespace=body.metadata.namespace, name=body.metadata.name,
                 why="deleted while " + str(phase))
 
@@ -93,6 +94,9 @@ async def dispatch_run(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
             pools=pool_queues,
             body=body,
             pool_wait_seconds=memo.config.pool_wait_seconds,
+            db=memo.store,
+            redis=memo.redis,
+            settings=memo.config,
         )
     except kopf.TemporaryError:
         raise  # waiting for a WorkerPool is not an error
@@ -104,10 +108,11 @@ async def dispatch_run(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
 @kopf.on.field(*RESOURCE, field="spec.stop", value=True)
 async def stop_run(*, body: kopf.Body, uid: str, status: kopf.Status, memo: Any, **_: Any) -> None:
     """``spec.stop: true`` becomes a durable stop request the worker honours, even later."""
-    if phases.is_terminal(status.get("phase")):
+    if phases.is_terminal(views.RunStatus(status).phase):
         return
     if memo.redis is None:
         raise kopf.PermanentError("no Redis configured (AGENTRUN_REDIS_URL): cannot deliver a stop request")
-    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds, reason="StopRequested")
-    kopf.info(body, reason="StopRequested", message="stop requested")
+    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds,
+                               reason=reasons.Reason.STOP_REQUESTED)
+    kopf.info(body, reason=reasons.Reason.STOP_REQUESTED, message="stop requested")
     logger.info("run.stop_requested", run_id=uid)

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from agentrun import store, streams
+from agentrun import reasons, store, streams
 from agentrun_worker import context, tools, tracing
 from agentrun_worker.providers import base
 
@@ -35,7 +35,7 @@ class Outcome:
     iterations: int
     input_tokens: int = 0
     output_tokens: int = 0
-    reason: str = "Completed"  # Completed | AskedUser | MaxIterationsReached (BudgetExceeded is raised)
+    reason: str = reasons.Reason.COMPLETED  # or AskedUser, MaxIterationsReached (BudgetExceeded is raised)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -47,7 +47,7 @@ class Outcome:
 
 
 class BudgetExceeded(Exception):
-    reason = "BudgetExceeded"
+    reason = reasons.Reason.BUDGET_EXCEEDED
 
 
 class AgentLoop:
@@ -152,12 +152,12 @@ class AgentLoop:
                 outcome.reason = ended
                 return outcome
             if turn.finish == "complete":
-                outcome.reason = "Completed"
+                outcome.reason = reasons.Reason.COMPLETED
                 return outcome
             if turn.finish == "ask":
-                outcome.reason = "AskedUser"
+                outcome.reason = reasons.Reason.ASKED_USER
                 return outcome
-        outcome.reason = "MaxIterationsReached"
+        outcome.reason = reasons.Reason.MAX_ITERATIONS_REACHED
         return outcome
 
     async def _run_tools(self, turn: base.Turn, iteration: int) -> tuple[str | None, list[dict[str, Any]]]:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import enum
 from typing import Any
 
 import structlog
 
 from agentrun import broker as brokers
-from agentrun import control, keys, kube, message, phases, store, streams
+from agentrun import control, ending, kube, message, phases, reasons, store, streams, timestamps, views
 from agentrun_worker import (
     agent,
     history,
@@ -49,8 +48,6 @@ from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
 
-RESULT_MAX = 4096
-MESSAGE_MAX = 1024
 
 
 class End(enum.Enum):
@@ -60,23 +57,7 @@ class End(enum.Enum):
 
 
 class InputError(Exception):
-    reason = "InputNotFound"
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _truncate(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…"
+    reason = reasons.Reason.INPUT_NOT_FOUND
 
 
 async def execute(raw: dict[str, Any]) -> None:
@@ -143,7 +124,7 @@ class Execution:
             logger.info("run.skipped", why="duplicate delivery: lease held", holder=await self.lease.holder())
             return False
         try:
-            obj = kube.to_dict(await self.c.api.get(kube.AgentRun, msg.name, namespace=msg.namespace))
+            run = views.AgentRun(kube.to_dict(await self.c.api.get(kube.AgentRun, msg.name, namespace=msg.namespace)))
         except kube.ApiError as exc:
             if kube.is_not_found(exc):
                 logger.info("run.skipped", why="AgentRun deleted")
@@ -151,17 +132,16 @@ class Execution:
                 return False
             await self.lease.release()
             raise
-        status = obj.get("status") or {}
-        if obj["metadata"].get("uid") != msg.uid or phases.is_terminal(status.get("phase")):
-            logger.info("run.skipped", why="AgentRun replaced or ended", phase=status.get("phase"))
+        if not run.is_run(msg.uid) or phases.is_terminal(run.status.phase):
+            logger.info("run.skipped", why="AgentRun replaced or ended", phase=run.status.phase)
             await self.lease.release()
             return False
-        if int(status.get("attempt") or 0) > msg.attempt:
-            logger.info("run.skipped", why="stale attempt", current=status.get("attempt"))
+        if run.status.attempt > msg.attempt:
+            logger.info("run.skipped", why="stale attempt", current=run.status.attempt)
             await self.lease.release()
             return False
-        if (obj.get("spec") or {}).get("stop"):  # its Redis flag erased by a restart, or never written
-            self.watch.request(stopping.STOP_REQUESTED)
+        if run.spec.stop:  # its Redis flag erased by a restart, or never written
+            self.watch.request(reasons.Reason.STOP_REQUESTED)
         return True
 
     # -- 2. lease and heartbeat ---------------------------------------------------------------
@@ -207,23 +187,22 @@ class Execution:
             if self.runner is not None:  # never 0 while turns are done: the ITERATIONS column reads it
                 beat["iterations"] = self.iterations
             patched = await kube.patch_status(self.c.api, self.msg.namespace, self.msg.name, beat)
-            if (patched.get("spec") or {}).get("stop") and patched["metadata"].get("uid") == self.msg.uid:
-                self.watch.request(stopping.STOP_REQUESTED)
+            run = views.AgentRun(patched)
+            if run.spec.stop and run.is_run(self.msg.uid):
+                self.watch.request(reasons.Reason.STOP_REQUESTED)
         except kube.ApiError as exc:
             if kube.is_not_found(exc):
                 logger.warning("run.resource_deleted")
                 with contextlib.suppress(Exception):
                     await control.request_stop(self.c.redis, self.msg.uid, ttl_seconds=self.config.key_ttl_seconds,
-                                               reason=stopping.RUN_DELETED)
+                                               reason=reasons.Reason.RUN_DELETED)
         except Exception as exc:  # the API server's hiccup is not the run's problem
             logger.debug("run.heartbeat_failed", error=str(exc))
 
     async def _still_ours(self) -> bool:
         """The resource still runs this execution's attempt (see ``Lease.reclaim``)."""
         obj = kube.to_dict(await self.c.api.get(kube.AgentRun, self.msg.name, namespace=self.msg.namespace))
-        status = obj.get("status") or {}
-        return (obj["metadata"].get("uid") == self.msg.uid and int(status.get("attempt") or 0) == self.msg.attempt
-                and status.get("phase") in (phases.Phase.RUNNING, phases.Phase.STOPPING))
+        return views.AgentRun(obj).runs_attempt(self.msg.uid, self.msg.attempt, phases.ACTIVE)
 
     @property
     def iterations(self) -> int:
@@ -270,7 +249,7 @@ class Execution:
     async def _take_thread(self) -> bool:
         """Own the run's thread, or wait for it, or end ``ThreadBusy`` (``spec.multitaskStrategy``)."""
         spec = self.msg.spec
-        strategy = str(spec.get("multitaskStrategy") or threads.DEFAULT)
+        strategy = views.RunSpec(spec).multitask_strategy or threads.DEFAULT
         if self.msg.attempt > 1:  # a run that started before is never rejected nor interrupts: it waits
             strategy = threads.ENQUEUE
         admission = await threads.admit(
@@ -278,13 +257,13 @@ class Execution:
             queued_at=self.msg.queued_at, poll_seconds=runtime.worker_config().thread_poll_seconds,
         )
         if admission.verdict is threads.Verdict.REJECT:
-            await self._finish(phases.Phase.FAILED, "ThreadBusy",
+            await self._finish(phases.Phase.FAILED, reasons.Reason.THREAD_BUSY,
                                f'thread "{self.msg.thread_id}" is busy with run {admission.busy_with} '
                                "(multitaskStrategy: reject)")
         elif admission.verdict is threads.Verdict.WAIT:
             self.waiting = True
             if admission.first_wait:
-                self.writer.emit({"type": streams.STATUS, "status": "waiting", "reason": "ThreadBusy",
+                self.writer.emit({"type": streams.STATUS, "status": "waiting", "reason": reasons.Reason.THREAD_BUSY,
                                   "message": f"waiting for run {admission.busy_with} on the same thread"})
                 await self.writer.flush()
         return admission.verdict is threads.Verdict.RUN
@@ -319,27 +298,27 @@ class Execution:
                 return str(value)
         return ""
 
+    def _record(self) -> store.RunRecord:
+        """The run's row in the database: its identity, as queued."""
+        msg = self.msg
+        spec = views.RunSpec(msg.spec)
+        return store.RunRecord(
+            id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
+            status=str(phases.Phase.QUEUED), attempt=msg.attempt, queued_at=timestamps.parse(msg.queued_at),
+            metadata={"model": spec.model, "workflow": spec.workflow_name, "workerPool": spec.pool},
+        )
+
     async def _record_run(self) -> None:
         """The run's thread and row in the database (identity only), once per execution."""
         if self._recorded:
             return
-        msg = self.msg
-        await self.c.store.ensure_thread(msg.thread_id, namespace=msg.namespace)
-        await self.c.store.upsert_run(
-            store.RunRecord(
-                id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
-                status=str(phases.Phase.QUEUED), attempt=msg.attempt,
-                queued_at=_parse_time(msg.queued_at),
-                metadata={"model": (msg.spec.get("agent") or {}).get("model"),
-                          "workflow": (msg.spec.get("workflowRef") or {}).get("name"),
-                          "workerPool": msg.spec.get("workerPool")},
-            )
-        )
+        await self.c.store.ensure_thread(self.msg.thread_id, namespace=self.msg.namespace)
+        await self.c.store.upsert_run(self._record())
         self._recorded = True
 
     async def _start(self, user_input: str | list[dict[str, Any]]) -> bool:
         msg = self.msg
-        started = _utcnow()
+        started = timestamps.utcnow()
         await self._record_run()
         await self.c.store.transition(
             msg.uid, str(phases.Phase.RUNNING), attempt=msg.attempt, started_at=started,
@@ -352,7 +331,7 @@ class Execution:
                 "workerInstance": self.config.instance_id,
                 "lastHeartbeatTime": kube.now(),
             },
-            condition=("Running", "True", "Started", f"running on {self.config.instance_id}"),
+            condition=("Running", "True", reasons.Reason.STARTED, f"running on {self.config.instance_id}"),
         )
         if moved is None:
             logger.info("run.skipped", why="resource moved on before start")
@@ -383,7 +362,7 @@ class Execution:
                 return
             await self._drive(runner)
             return
-        agent_spec = msg.spec.get("agent") or {}
+        agent_spec = dict(views.RunSpec(msg.spec).agent)
         if not isinstance(user_input, str):  # the text of content parts, for the scripted echo
             user_input = " ".join(str(p.get("text", "")) for p in user_input if p.get("type") == "text")
         try:
@@ -416,7 +395,7 @@ class Execution:
         stop_wait = asyncio.get_running_loop().create_task(self.watch.requested.wait())
         lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())
         handback_wait = asyncio.get_running_loop().create_task(shutdown.handback_requested().wait())
-        timeout = msg.spec.get("timeoutSeconds")
+        timeout = views.RunSpec(msg.spec).timeout_seconds
         try:
             done, _ = await asyncio.wait(
                 {task, stop_wait, lost_wait, handback_wait},
@@ -439,16 +418,17 @@ class Execution:
             elif handback_wait in done:
                 self.handed_back = True
                 await self.writer.flush()
-                self.writer.emit({"type": streams.STATUS, "status": "requeued", "reason": "WorkerShutdown",
-                                  "attempt": msg.attempt, "iterations": self.iterations})
+                self.writer.emit({"type": streams.STATUS, "status": "requeued",
+                                  "reason": reasons.Reason.WORKER_SHUTDOWN, "attempt": msg.attempt,
+                                  "iterations": self.iterations})
                 await self.writer.flush()
             else:
-                await self._finish(phases.Phase.FAILED, "DeadlineExceeded",
+                await self._finish(phases.Phase.FAILED, reasons.Reason.DEADLINE_EXCEEDED,
                                    f"the run exceeded timeoutSeconds={timeout}", outcome=loop.outcome)
             return
         error = task.exception()
         if error is not None:
-            reason = getattr(error, "reason", "AgentError")
+            reason = reasons.of(error)
             text = str(error) or type(error).__name__
             logger.warning("run.agent_failed", reason=reason, error=text, exc_info=error)
             await self._finish(phases.Phase.FAILED, reason, text, outcome=loop.outcome)
@@ -460,7 +440,7 @@ class Execution:
 
     async def _finish_stopped(self, when: str = "", *, outcome: agent.Outcome | None = None) -> None:
         """End the run ``Stopped`` for the reason its stop watch learned (``when``: appended to the text)."""
-        reason = self.watch.reason or stopping.STOP_REQUESTED
+        reason = self.watch.reason or reasons.Reason.STOP_REQUESTED
         await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + when, outcome=outcome)
 
     async def _finish(
@@ -472,46 +452,17 @@ class Execution:
         outcome: agent.Outcome | None = None,
     ) -> None:
         msg = self.msg
-        text = _truncate(text, MESSAGE_MAX) or ""
-        result = _truncate(outcome.result, RESULT_MAX) if outcome else None
-        usage = outcome.usage if outcome else {}
-        iterations = outcome.iterations if outcome else 0
-        await self.writer.flush()  # every event of the run is stored before it is declared over
-        await self._record_run()  # a run that ends before it started has no row yet
-        await self.c.store.transition(
-            msg.uid, str(phase), attempt=msg.attempt, reason=reason,
-            error=text if phase != phases.Phase.SUCCEEDED else None,
-            result=result, usage=usage, finished_at=_utcnow(), worker_instance=self.config.instance_id,
+        result = ending.Ending(
+            phase=phase, reason=reason, message=text, iterations=outcome.iterations if outcome else 0,
+            usage=outcome.usage if outcome else None, result=outcome.result if outcome else None,
         )
-        fields: dict[str, Any] = {
-            "reason": reason,
-            "message": text or None,
-            "finishedAt": kube.now_precise(),
-            "iterations": iterations,
-        }
-        if outcome is not None:
-            fields["usage"] = usage
-            fields["result"] = result
-        complete = "True" if phase == phases.Phase.SUCCEEDED else "False"
-        try:
-            await kube.transition(
-                self.c.api, msg.namespace, msg.name, phase, attempt=msg.attempt, uid=msg.uid,
-                fields=fields, condition=("Complete", complete, reason, text),
-            )
-        except kube.ApiError as exc:
-            if not kube.is_not_found(exc):
-                raise
-        self.writer.emit({
-            "type": streams.STATUS,
-            "status": str(phase).lower(),
-            "reason": reason,
-            "message": text,
-            "iterations": iterations,
-            "usage": usage,
-        })
-        await self.writer.flush()
-        pipe = self.c.redis.pipeline(transaction=False)
-        for key in (keys.stream(msg.uid), keys.stop(msg.uid)):
-            pipe.expire(key, self.config.key_ttl_seconds)
-        await pipe.execute()
-        logger.info("run.finished", phase=str(phase), reason=reason, iterations=iterations, events=self.writer.count)
+        await ending.finish(
+            ending.RunRef(uid=msg.uid, namespace=msg.namespace, name=msg.name, attempt=msg.attempt,
+                          thread_id=msg.thread_id),
+            result, api=self.c.api, db=self.c.store, writer=self.writer, redis=self.c.redis,
+            key_ttl_seconds=self.config.key_ttl_seconds, worker_instance=self.config.instance_id,
+            record=None if self._recorded else self._record(),  # a run that ends before it started has no row yet
+        )
+        self._recorded = True
+        logger.info("run.finished", phase=str(phase), reason=str(reason), iterations=result.iterations,
+                    events=self.writer.count)

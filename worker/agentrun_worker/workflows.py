@@ -44,7 +44,7 @@ from typing import Any
 
 import structlog
 
-from agentrun import message, store, streams, templates
+from agentrun import message, reasons, store, streams, templates, views
 from agentrun_worker import agent, config, history, mcp, providers, tools
 from agentrun_worker.providers import base as providers_base
 
@@ -78,11 +78,11 @@ class Refused(Exception):
 class StepFailed(Exception):
     """A step of the deterministic executor failed or did not complete."""
 
-    reason = "StepFailed"
+    reason = reasons.Reason.STEP_FAILED
 
 
 def is_workflow(spec: dict[str, Any]) -> bool:
-    return bool(spec.get("workflowRef"))
+    return views.RunSpec(spec).is_workflow
 
 
 def step_agent(workflow_agent: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +234,7 @@ class Executor:
         try:
             outcome = await loop.run()
         except Exception as exc:
-            ctx.writer.emit({**head, "status": "failed", "reason": getattr(exc, "reason", "AgentError"),
+            ctx.writer.emit({**head, "status": "failed", "reason": reasons.of(exc),
                              "message": str(exc) or type(exc).__name__, "iterations": loop.outcome.iterations,
                              "usage": loop.outcome.usage})
             raise
@@ -430,13 +430,14 @@ async def executor(
     ``toolbox`` first, once for the run; :class:`mcp.ServerUnavailable` or
     :class:`mcp.Interrupted` (``stop`` set while they start) come out of here as they are."""
     workflow = msg.spec.get("workflow")
-    name = (msg.spec.get("workflowRef") or {}).get("name", "")
+    name = views.RunSpec(msg.spec).workflow_name or ""
     if not isinstance(workflow, dict):
-        raise Refused("WorkflowNotFound", f'AgentWorkflow "{name}" was not resolved when the run was queued '
-                                          "(it did not exist, or was invalid, then)")
+        raise Refused(reasons.Reason.WORKFLOW_NOT_FOUND,
+                      f'AgentWorkflow "{name}" was not resolved when the run was queued '
+                      "(it did not exist, or was invalid, then)")
     problems = templates.check_workflow(workflow)
     if problems:
-        raise Refused("WorkflowInvalid", f'AgentWorkflow "{name}": ' + "; ".join(problems))
+        raise Refused(reasons.Reason.WORKFLOW_INVALID, f'AgentWorkflow "{name}": ' + "; ".join(problems))
     # The steps see the thread as it was before this run; the run's own input reaches them
     # through {{input}}, and messages of an interrupted execution of this run are left out.
     conversation = await history.read(db, msg.thread_id, run_id=msg.uid, attempt=msg.attempt)

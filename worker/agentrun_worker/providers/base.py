@@ -12,15 +12,16 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agentrun import reasons
 from agentrun_worker import context
 
 
 class ProviderUnavailable(Exception):
-    reason = "ProviderUnavailable"
+    reason = reasons.Reason.PROVIDER_UNAVAILABLE
 
 
 class ProviderError(Exception):
-    reason = "ModelError"
+    reason = reasons.Reason.MODEL_ERROR
 
 
 @dataclasses.dataclass
