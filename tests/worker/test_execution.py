@@ -104,7 +104,7 @@ async def test_a_heartbeat_carries_the_iterations_so_far(client: aioredis.Redis,
     driving = asyncio.create_task(ex._drive(loop))
     await until(lambda: loop.outcome.iterations >= 3)
     # When its heartbeat writes the resource
-    await ex._heartbeat()
+    await ex.keeper.heartbeat()
     # Then the heartbeat says how many iterations the run is in, never 0
     beat = api.patches[-1]["status"]
     assert "lastHeartbeatTime" in beat

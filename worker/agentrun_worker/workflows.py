@@ -46,6 +46,7 @@ import structlog
 
 from agentrun import message, reasons, store, streams, templates, views
 from agentrun_worker import agent, config, history, mcp, providers, tools
+from agentrun_worker import outcome as run_outcome
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -79,10 +80,6 @@ class StepFailed(Exception):
     """A step of the deterministic executor failed or did not complete."""
 
     reason = reasons.Reason.STEP_FAILED
-
-
-def is_workflow(spec: dict[str, Any]) -> bool:
-    return views.RunSpec(spec).is_workflow
 
 
 def step_agent(workflow_agent: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
@@ -131,12 +128,6 @@ class Context:
         return f"{self.run_id}/{self.attempt}/{suffix}"
 
 
-def _add(total: agent.Outcome, part: agent.Outcome) -> None:
-    total.iterations += part.iterations
-    total.input_tokens += part.input_tokens
-    total.output_tokens += part.output_tokens
-
-
 class Executor:
     """The steps, their outputs so far, and the run's outcome summed over every loop."""
 
@@ -148,7 +139,7 @@ class Executor:
         self._index = {str(step["name"]): index for index, step in enumerate(self._steps)}
         self._runs: collections.Counter[str] = collections.Counter()
         self._max_tokens = int(self._agent["maxTokens"]) if self._agent.get("maxTokens") else None
-        self._done = agent.Outcome(result="", iterations=0)
+        self._done = run_outcome.Outcome(result="", iterations=0)
         self._current: agent.AgentLoop | None = None
         self.outputs: dict[str, str] = {}
         self._completed: set[str] = set()
@@ -169,7 +160,7 @@ class Executor:
                 self.outputs[name] = str(record.content.get("output", ""))
                 self._completed.add(name)
                 usage = record.content.get("usage") or {}
-                _add(self._done, agent.Outcome(result="", iterations=int(record.content.get("iterations") or 0),
+                self._done.add(run_outcome.Outcome(result="", iterations=int(record.content.get("iterations") or 0),
                                                input_tokens=int(usage.get("inputTokens") or 0),
                                                output_tokens=int(usage.get("outputTokens") or 0)))
         if self._completed:
@@ -186,20 +177,20 @@ class Executor:
                 raise Refused(exc.reason, f'step "{step["name"]}": {exc}') from None
 
     @property
-    def outcome(self) -> agent.Outcome:
+    def outcome(self) -> run_outcome.Outcome:
         total = dataclasses.replace(self._done)
         if self._current is not None:
-            _add(total, self._current.outcome)
+            total.add(self._current.outcome)
         return total
 
-    async def run(self) -> agent.Outcome:
+    async def run(self) -> run_outcome.Outcome:
         raise NotImplementedError
 
     def _used(self) -> int:
         outcome = self.outcome
         return outcome.input_tokens + outcome.output_tokens
 
-    async def run_step(self, name: str, instructions: str = "") -> agent.Outcome:
+    async def run_step(self, name: str, instructions: str = "") -> run_outcome.Outcome:
         """Run step ``name`` once; its loop's outcome (the step's output is its result).
 
         Raises TemplateError (a step output it needs is not there yet) before anything is
@@ -240,7 +231,7 @@ class Executor:
             raise
         finally:
             self._current = None
-            _add(self._done, loop.outcome)
+            self._done.add(loop.outcome)
         if outcome.reason == tools.COMPLETED:
             # Only a completed step's output feeds later prompts; its record is what a resumed
             # execution takes back instead of running the step again
@@ -259,9 +250,9 @@ class Executor:
 class Deterministic(Executor):
     """Every step once, in the listed order."""
 
-    async def run(self) -> agent.Outcome:
+    async def run(self) -> run_outcome.Outcome:
         total = len(self._steps)
-        result = agent.Outcome(result="", iterations=0)
+        result = run_outcome.Outcome(result="", iterations=0)
         for position, step in enumerate(self._steps, start=1):
             name = str(step["name"])
             if name in self._completed:  # done by an interrupted execution of this attempt
@@ -334,14 +325,14 @@ class AgentDriven(Executor):
         return "\n".join(lines)
 
     @property
-    def outcome(self) -> agent.Outcome:
+    def outcome(self) -> run_outcome.Outcome:
         total = super().outcome
         own = self._orchestrator.outcome
-        _add(total, own)
+        total.add(own)
         total.result, total.reason = own.result, own.reason
         return total
 
-    async def run(self) -> agent.Outcome:
+    async def run(self) -> run_outcome.Outcome:
         await self._orchestrator.run()
         return self.outcome
 
@@ -423,12 +414,14 @@ async def executor(
     settings: config.WorkerSettings,
     toolbox: mcp.Toolbox | None = None,
     stop: asyncio.Event | None = None,
+    conversation: history.Conversation | None = None,
 ) -> Executor:
     """The executor of the run's workflow; Refused when it cannot start.
 
     The MCP servers any step (or the agent-driven executor's own agent) may use are started in
     ``toolbox`` first, once for the run; :class:`mcp.ServerUnavailable` or
-    :class:`mcp.Interrupted` (``stop`` set while they start) come out of here as they are."""
+    :class:`mcp.Interrupted` (``stop`` set while they start) come out of here as they are.
+    ``conversation`` is the run's thread when the caller read it already."""
     workflow = msg.spec.get("workflow")
     name = views.RunSpec(msg.spec).workflow_name or ""
     if not isinstance(workflow, dict):
@@ -440,7 +433,8 @@ async def executor(
         raise Refused(reasons.Reason.WORKFLOW_INVALID, f'AgentWorkflow "{name}": ' + "; ".join(problems))
     # The steps see the thread as it was before this run; the run's own input reaches them
     # through {{input}}, and messages of an interrupted execution of this run are left out.
-    conversation = await history.read(db, msg.thread_id, run_id=msg.uid, attempt=msg.attempt)
+    if conversation is None:
+        conversation = await history.read(db, msg.thread_id, run_id=msg.uid, attempt=msg.attempt)
     servers: list[tools.Server] = []
     if toolbox is not None:
         base = dict(workflow.get("agent") or {})
