@@ -19,7 +19,7 @@ import lightkube
 import lightkube.resources.apps_v1
 
 from agentrun import kube, message
-from agentrun_operator import autoscalers, config, deployments, metrics, owned
+from agentrun_operator import autoscalers, config, deployments, memos, metrics, owned
 
 RESOURCE = ("agentrun.io", "v1alpha1", "workerpools")
 Deployment = lightkube.resources.apps_v1.Deployment
@@ -69,10 +69,11 @@ async def reconcile_pool(
     *, body: kopf.Body, namespace: str | None, name: str, meta: kopf.Meta, patch: kopf.Patch, memo: Any, **_: Any
 ) -> None:
     assert namespace is not None
+    state = memos.of(memo)
     patch.status["queue"] = message.queue_name(namespace, name)
     patch.status["observedGeneration"] = meta.get("generation")
     try:
-        reason, text = await ensure_deployment(memo.api, dict(body), memo.operator_config)
+        reason, text = await ensure_deployment(state.api, dict(body), state.operator_config)
     except Exception:
         metrics.RECONCILE_ERRORS.labels("workerpool").inc()
         raise
@@ -86,7 +87,7 @@ async def reconcile_pool(
     else:
         kopf.info(body, reason=reason, message=text)
     try:
-        reason, text = await autoscalers.ensure(memo.api, dict(body), memo.operator_config)
+        reason, text = await autoscalers.ensure(state.api, dict(body), state.operator_config)
         status = "False" if reason.endswith("Conflict") else "True"
     except autoscalers.AutoscalerUnavailable as exc:
         reason, text, status = "AutoscalerUnavailable", str(exc), "False"
