@@ -3,6 +3,7 @@ builder and the one ``finish`` (its order on a real Redis and SQLite, the API a 
 
 from __future__ import annotations
 
+import ast
 import copy
 import datetime
 import pathlib
@@ -197,3 +198,21 @@ async def test_finish_refuses_a_phase_that_is_not_an_end(client: aioredis.Redis)
     with pytest.raises(ValueError, match="terminal"):
         await ending.finish(ref, ending.Ending(phase=phases.Phase.QUEUED, reason=reasons.Reason.QUEUED),
                             api=None, db=None, writer=None, redis=None, key_ttl_seconds=60)  # type: ignore[arg-type]
+
+
+def test_a_run_ends_in_one_place() -> None:
+    # Every write of a phase to the resource outside agentrun.ending names a phase that is not an end
+    root = pathlib.Path(__file__).resolve().parents[2]
+    sources = [*root.glob("agentrun/**/*.py"), *root.glob("operator/agentrun_operator/**/*.py"),
+               *root.glob("worker/agentrun_worker/**/*.py")]
+    elsewhere: dict[str, list[str]] = {}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "transition"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "kube"):
+                phase = ast.unparse(node.args[3])
+                elsewhere.setdefault(str(path.relative_to(root)), []).append(phase)
+    assert elsewhere.pop("agentrun/ending.py") == ["ending.phase"]
+    ends = {where: found for where, found in elsewhere.items()
+            if set(found) - {"phases.Phase.QUEUED", "phases.Phase.RUNNING"}}
+    assert ends == {}, ends

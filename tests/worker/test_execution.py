@@ -115,7 +115,7 @@ async def test_a_heartbeat_carries_the_iterations_so_far(client: aioredis.Redis,
 
 async def test_a_run_stopped_mid_turn_reports_the_tokens_streamed(client: aioredis.Redis, db: store.Store) -> None:
     # Given a run streaming its first (and only) model turn slowly
-    words = " ".join(f"w{i}" for i in range(40))
+    words = " ".join(f"w{i}" for i in range(200))
     msg, api = running([{"text": words, "chunkDelayMs": 20}])
     await db.ensure_thread(msg.thread_id, namespace="ns")
     ex = new_execution(msg, api, client, db)
