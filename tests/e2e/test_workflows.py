@@ -14,6 +14,7 @@ import json
 import pathlib
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,17 @@ pytestmark = pytest.mark.e2e
 
 INPUT = "agentrun"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def ended_stream(redis_url: str, uid: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The run's events once its terminal event is in: the resource is written before the
+    stream's last event, so a phase seen on the resource may be a moment ahead of it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = stream_events(redis_url, uid)
+        if any(streams.is_terminal(e) for e in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
 
 
 def workflow(namespace: str, name: str, *steps: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -79,7 +91,7 @@ def test_deterministic_steps_run_in_order_each_using_the_outputs_before_it(
     assert status["result"] == "Looks good."
     assert status["iterations"] == 1 + 1 + 2
     # And the stream shows the steps in order, each started then completed
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     assert step_events(events) == [("research", "started"), ("research", "completed"), ("draft", "started"),
                                    ("draft", "completed"), ("review", "started"), ("review", "completed")]
     # And each prompt was rendered from the input and the outputs before it (the scripted model echoes)
@@ -121,7 +133,7 @@ def test_a_failing_step_fails_the_run_naming_the_step(bed: harness.Bed, operator
     status = bed.wait_phase(namespace, "flaky", "Succeeded", "Failed", "Stopped")["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "StepFailed"), status
     assert status["message"] == 'step "two" (2 of 3) failed: ModelError: model overloaded'
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     assert step_events(events) == [("one", "started"), ("one", "completed"), ("two", "started"), ("two", "failed")]
     failed = next(e for e in events if e["type"] == "step" and e["status"] == "failed")
     assert (failed["reason"], failed["message"]) == ("ModelError", "model overloaded")
@@ -174,7 +186,7 @@ def test_a_stop_mid_step_ends_the_workflow_stopped(bed: harness.Bed, operator: A
     status = bed.wait_phase(namespace, "long", "Stopped", "Succeeded", "Failed")["status"]
     assert (status["phase"], status["reason"]) == ("Stopped", "StopRequested"), status
     assert 2 <= status["iterations"] < 1 + len(SLOW)
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     assert step_events(events) == [("quick", "started"), ("quick", "completed"), ("slow", "started")]
     terminal = [e for e in events if streams.is_terminal(e)]
     assert len(terminal) == 1 and events[-1] is terminal[0] and terminal[0]["status"] == "stopped"
@@ -194,7 +206,7 @@ def test_ask_in_a_step_ends_the_run_waiting_for_the_user(
     # Then the run succeeds AskedUser with the question, as an agent run that asks
     status = bed.wait_phase(namespace, "asks", "Succeeded", "Failed", "Stopped")["status"]
     assert (status["phase"], status["reason"], status["result"]) == ("Succeeded", "AskedUser", "Which language?")
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     assert step_events(events) == [("draft", "started"), ("draft", "completed"), ("translate", "started"),
                                    ("translate", "completed")]
     asked = [e for e in events if e["type"] == "step" and e["status"] == "completed"][-1]
@@ -244,7 +256,7 @@ def test_the_agent_executor_lets_the_model_choose_the_steps(
     assert results[1]["content"] == research
     assert results[2]["content"] == f"You said: Summarize {research}"
     # And the stream shows the steps the model chose, in its order, inside its run_step calls
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     assert step_events(events) == [("research", "started"), ("research", "completed"), ("summarize", "started"),
                                    ("summarize", "completed")]
     kinds = [(e["type"], e.get("name") or e.get("step")) for e in events
@@ -332,7 +344,7 @@ def test_a_workflow_handed_back_at_shutdown_resumes_after_its_completed_steps(
     assert status["result"] == "You said: after You said: agentrun"
     assert status["iterations"] == 1 + len(TURNS) + 1
     assert '"workflow.resumed"' in second.output()
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     assert [(e["step"], e["run"], e["status"]) for e in events if e["type"] == "step"] == [
         ("one", 1, "started"), ("one", 1, "completed"), ("two", 1, "started"),
         ("two", 2, "started"), ("two", 2, "completed"), ("three", 1, "started"), ("three", 1, "completed")]
@@ -365,7 +377,7 @@ def test_workflow_steps_call_the_mcp_tools_of_the_workflow_s_agent(
     status = bed.wait_phase(namespace, "tools", "Succeeded", "Failed", "Stopped")["status"]
     # Then both steps called their MCP tool and saw the result
     assert (status["phase"], status["reason"]) == ("Succeeded", "Completed"), status
-    events = stream_events(bed.redis_url, uid)
+    events = ended_stream(bed.redis_url, uid)
     results = [(e["step"], e["name"], bool(e.get("error"))) for e in events if e["type"] == streams.TOOL_RESULT]
     assert results == [("sum", "testkit__add", False), ("say", "testkit__echo", False)], results
     assert status["result"] == "said=echo: hi", status["result"]
