@@ -124,12 +124,28 @@ class RunStatus:
         return self.raw.get("queuedAt") or None
 
     @property
+    def started_at(self) -> str | None:
+        return self.raw.get("startedAt") or None
+
+    @property
     def finished_at(self) -> str | None:
         return self.raw.get("finishedAt") or None
 
     @property
     def worker_instance(self) -> str | None:
         return self.raw.get("workerInstance") or None
+
+    @property
+    def reason(self) -> str | None:
+        return self.raw.get("reason") or None
+
+    @property
+    def message(self) -> str | None:
+        return self.raw.get("message") or None
+
+    @property
+    def iterations(self) -> int:
+        return int(self.raw.get("iterations") or 0)
 
 
 class AgentRun:

@@ -159,7 +159,7 @@ class Tracker:
 
     def observe(self, event_type: str | None, body: kopf.Body) -> tuple[str, str] | None:
         """Count what changed; ``(phase before, phase now)`` when this process saw the run move."""
-        meta, spec, status = body.metadata, body.spec, body.status
+        meta, run = body.metadata, views.AgentRun(body)
         uid, namespace = meta.uid, meta.namespace
         if uid is None or namespace is None:
             return None
@@ -167,8 +167,8 @@ class Tracker:
             with self._lock:
                 self._seen.pop(uid, None)
             return None
-        phase = str(status.get("phase") or "")
-        attempt = int(status.get("attempt") or 1)
+        phase = run.status.phase or ""
+        attempt = run.status.attempt or 1
         with self._lock:
             before = self._seen.get(uid)
             self._seen[uid] = (phase, attempt)
@@ -177,12 +177,12 @@ class Tracker:
         # state instead of expecting every phase.
         if before is None or before == (phase, attempt) or phases.is_terminal(before[0]):
             return None
-        pool = views.RunSpec(spec).pool
+        pool = run.spec.pool
         if phases.is_terminal(phase):
-            RUNS_FINISHED.labels(namespace, pool, phase, str(status.get("reason") or "")).inc()
+            RUNS_FINISHED.labels(namespace, pool, phase, run.status.reason or "").inc()
         started = phase != "" and phases.rank(phase) >= phases.rank(phases.Phase.RUNNING)
         if started and attempt == 1 and phases.rank(before[0] or None) < phases.rank(phases.Phase.RUNNING):
-            latency = _seconds_between(meta.get("creationTimestamp"), status.get("startedAt"))
+            latency = _seconds_between(run.created_at, run.status.started_at)
             if latency is not None:
                 DISPATCH_LATENCY.labels(namespace, pool).observe(max(latency, 0.0))
         return (before[0], phase) if before[0] != phase else None

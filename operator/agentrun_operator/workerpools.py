@@ -18,7 +18,7 @@ import kopf
 import lightkube
 import lightkube.resources.apps_v1
 
-from agentrun import kube, message
+from agentrun import kube, message, views
 from agentrun_operator import autoscalers, config, deployments, memos, metrics, owned
 
 RESOURCE = ("agentrun.io", "v1alpha1", "workerpools")
@@ -106,9 +106,8 @@ async def ensure_deployment(
     api: lightkube.AsyncClient, pool: dict[str, Any], settings: config.OperatorSettings
 ) -> tuple[str, str]:
     """Create the pool's Deployment if absent, else patch it if the pool owns it; (reason, message)."""
-    meta, spec = pool["metadata"], pool.get("spec") or {}
-    mode = (spec.get("autoscaling") or {}).get("mode", "operator")
-    initial = int(spec.get("minReplicas", 1)) if mode == "operator" else None
+    meta, spec = pool["metadata"], views.PoolSpec(pool.get("spec"))
+    initial = spec.min_replicas if spec.autoscaling_mode == "operator" else None
     manifest = deployments.deployment_for(pool, settings, replicas=initial)
     # The replica count belongs to the autoscaler (or the HPA / KEDA): never reset it here.
     spec_patch = {k: v for k, v in manifest["spec"].items() if k not in ("replicas", "selector")}
