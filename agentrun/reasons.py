@@ -54,6 +54,8 @@ class Reason(enum.StrEnum):
     STARTED = "Started"
     REPUBLISHED = "Republished"
     """A ``Queued`` run nobody took had its message published again."""
+    MESSAGE_LOST = "MessageLost"
+    """Why it was (the recoveries metric's reason): its message was presumably lost."""
     WORKER_SHUTDOWN = "WorkerShutdown"
     """The worker shut down and handed the run back (the ``requeued`` stream event)."""
 

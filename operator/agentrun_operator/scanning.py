@@ -266,7 +266,7 @@ class Scanner:
         text = (f"no worker took attempt {v.attempt} within {self._op.queued_timeout_seconds:g}s; "
                 "its message was published again")
         await eventing.warn(self._api, dict(run.raw), reason=reasons.Reason.REPUBLISHED, message=text)
-        metrics.RECOVERIES.labels("MessageLost", "republished").inc()
+        metrics.RECOVERIES.labels(reasons.Reason.MESSAGE_LOST, "republished").inc()
         logger.warning("run.republished", run_id=v.uid, namespace=v.namespace, name=v.name,
                        attempt=v.attempt, message_id=message_id)
 
