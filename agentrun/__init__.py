@@ -1,8 +1,9 @@
 """agentrun: run AI agents in the background on Kubernetes.
 
 This package is the shared contract between the operator (``agentrun_operator``) and the
-worker (``agentrun_worker``): resource models, phases, Redis keys and the stream protocol,
-the broker message, the store, settings and the command line. It never imports either of
+worker (``agentrun_worker``): resource models and typed views (``views``), phases and
+reasons, timestamps, Redis keys and the stream protocol, the broker message, the store, the
+one way a run ends (``ending``), settings and the command line. It never imports either of
 them (checked by import-linter in the test suite).
 """
 

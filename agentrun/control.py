@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from agentrun import keys
+from agentrun import keys, reasons
 
 STOP = b"stop"
 
 
 async def request_stop(
-    client: aioredis.Redis, uid: str, *, ttl_seconds: int = 86_400, reason: str = "StopRequested"
+    client: aioredis.Redis, uid: str, *, ttl_seconds: int = 86_400, reason: str = reasons.Reason.STOP_REQUESTED
 ) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.set(keys.stop(uid), reason, ex=ttl_seconds)

@@ -9,7 +9,6 @@ server refuses it (409) if anyone wrote in between, and that never moves a phase
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import lightkube
@@ -19,7 +18,7 @@ import lightkube.generic_resource
 import lightkube.types
 
 import agentrun
-from agentrun import phases
+from agentrun import phases, timestamps
 
 GROUP = "agentrun.io"
 VERSION = "v1alpha1"
@@ -58,14 +57,8 @@ def client(
     return api
 
 
-def now() -> str:
-    """An RFC 3339 UTC timestamp with second precision, as Kubernetes writes them."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_precise() -> str:
-    """RFC 3339 UTC with microseconds, for latency measurements (dispatch, start)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+now = timestamps.now
+now_precise = timestamps.now_precise
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -9,9 +9,12 @@ recognisably the same message.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import pydantic
+
+from agentrun import views
 
 ACTOR_NAME = "execute_run"
 """The Dramatiq actor that executes runs (declared by the worker)."""
@@ -36,6 +39,21 @@ class RunMessage(pydantic.BaseModel):
 
     def message_id(self) -> str:
         return str(uuid.uuid5(_NAMESPACE, f"{self.uid}/{self.attempt}"))
+
+
+def for_run(run: views.AgentRun, *, attempt: int, queued_at: str, spec: Mapping[str, Any] | None = None) -> RunMessage:
+    """The message of ``run``'s ``attempt``: what every publisher sends (the operator's dispatch,
+    its re-queue and re-publish; a worker hands back the message it received). ``spec`` is the
+    spec to carry when it differs from the resource's (a resolved ``workflowRef``)."""
+    return RunMessage(
+        uid=run.uid, namespace=run.namespace, name=run.name, generation=run.generation, attempt=attempt,
+        thread_id=run.thread_id, queued_at=queued_at, spec=dict(run.spec.raw if spec is None else spec),
+    )
+
+
+def queue_of(run: views.AgentRun) -> str:
+    """The queue of the run's WorkerPool."""
+    return queue_name(run.namespace, run.spec.pool)
 
 
 def queue_name(namespace: str, pool: str) -> str:

@@ -22,6 +22,13 @@ class Phase(enum.StrEnum):
 
 
 TERMINAL: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.STOPPED})
+"""Final: nothing changes a run in these phases again."""
+
+UNSTARTED: frozenset[Phase] = frozenset({Phase.PENDING, Phase.QUEUED})
+"""Waiting for a worker: the operator owns these (dispatch, re-publish, deadline, pool gone)."""
+
+ACTIVE: frozenset[Phase] = frozenset({Phase.RUNNING, Phase.STOPPING})
+"""A worker holds the run (its lease): the recovery scan checks these for lost workers."""
 
 _RANK: dict[Phase, int] = {
     Phase.PENDING: 0,
@@ -43,6 +50,16 @@ def rank(phase: Phase | str | None) -> int:
 
 def is_terminal(phase: Phase | str | None) -> bool:
     return phase is not None and phase != "" and Phase(phase) in TERMINAL
+
+
+def is_active(phase: Phase | str | None) -> bool:
+    """Running or Stopping: a worker executes it."""
+    return phase in ACTIVE
+
+
+def is_unstarted(phase: Phase | str | None) -> bool:
+    """Pending or Queued: no worker has it yet."""
+    return phase in UNSTARTED
 
 
 def may_transition(

@@ -1,7 +1,8 @@
 """The kopf operator of agentrun: ``kopf run -m agentrun_operator``.
 
 Importing this package registers every handler: ``startup`` builds the clients into kopf's
-memo and starts the recovery scan, the autoscaler and ``/metrics``; ``workerpools`` indexes
+memo (one typed ``memos.Memo``) and starts the recovery scan, the autoscaler and ``/metrics``,
+whose decisions are the pure functions of ``decisions``; ``workerpools`` indexes
 pools and keeps their Deployments; ``agentruns`` dispatches runs, forwards stop requests and
 indexes runs for the scan and the metrics.
 """

@@ -13,32 +13,32 @@ from typing import Any
 import kopf
 import structlog
 
-from agentrun import control, phases
+from agentrun import control, phases, reasons, views
 from agentrun import settings as agentrun_settings
-from agentrun_operator import dispatching, eventing, metrics, scanning
+from agentrun_operator import decisions, dispatching, eventing, memos, metrics
 
 logger = structlog.get_logger(__name__)
 
 RESOURCE = ("agentrun.io", "v1alpha1", "agentruns")
-RUN_DELETED = "RunDeleted"
 
 
 @kopf.index(*RESOURCE)
-def run_views(*, body: kopf.Body, **_: Any) -> dict[str, scanning.RunView]:
+def run_views(*, body: kopf.Body, **_: Any) -> dict[str, decisions.RunView]:
     """Every non-terminal run by uid, kept current from the watch stream for the scan.
 
     Nothing to index is ``{}``, not None: kopf keeps an object's previous entries when an
     indexer returns None, so a finished run would stay ``Running`` in the index for good.
     """
-    found = scanning.view(body)
+    found = decisions.view(views.AgentRun(body))
     return {} if found is None else {found.uid: found}
 
 
 @kopf.index(*RESOURCE)
 def run_pods(*, body: kopf.Body, uid: str | None, **_: Any) -> dict[tuple[str, str], str]:
     """Every live run by ``(namespace, pod)`` of its worker, for the pods' deletion cost."""
-    host = agentrun_settings.instance_host(body.status.get("workerInstance"))
-    live = body.status.get("phase") in scanning.LIVE
+    run = views.AgentRun(body)
+    host = agentrun_settings.instance_host(run.status.worker_instance)
+    live = phases.is_active(run.status.phase)
     if not live or host is None or uid is None or body.metadata.namespace is None:
         return {}
     return {(body.metadata.namespace, host): uid}
@@ -66,19 +66,21 @@ async def observe_run(*, type: str | None, body: kopf.Body, memo: Any, **_: Any)
         event = eventing.phase_event(body, *change)
         if event is not None:
             (kopf.warn if event[0] == "Warning" else kopf.info)(body, reason=event[1], message=event[2])
-    autoscaler = getattr(memo, "autoscaler", None)
-    if autoscaler is not None:
-        autoscaler.nudge()
+    state = memos.find(memo)
+    if state is not None and state.autoscaler is not None:
+        state.autoscaler.nudge()
     if type == "DELETED":
         await stop_deleted_run(body, memo)
 
 
 async def stop_deleted_run(body: kopf.Body, memo: Any) -> None:
-    phase = body.status.get("phase")
+    phase = views.AgentRun(body).status.phase
     uid = body.metadata.uid
-    if uid is None or not phase or phases.is_terminal(phase) or memo.redis is None:
+    state = memos.of(memo)
+    if uid is None or not phase or phases.is_terminal(phase) or state.redis is None:
         return
-    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds, reason=RUN_DELETED)
+    await control.request_stop(state.redis, uid, ttl_seconds=state.config.key_ttl_seconds,
+                               reason=reasons.Reason.RUN_DELETED)
     logger.info("run.stop_requested", run_id=uid, namespace=body.metadata.namespace, name=body.metadata.name,
                 why="deleted while " + str(phase))
 
@@ -86,13 +88,17 @@ async def stop_deleted_run(body: kopf.Body, memo: Any) -> None:
 @kopf.on.create(*RESOURCE)
 async def dispatch_run(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     pool_queues: kopf.Index[tuple[str, str], str] = kwargs["pool_queues"]
+    state = memos.of(memo)
     try:
         await dispatching.dispatch(
-            api=memo.api,
-            dramatiq_broker=memo.broker,
+            api=state.api,
+            dramatiq_broker=state.broker,
             pools=pool_queues,
             body=body,
-            pool_wait_seconds=memo.config.pool_wait_seconds,
+            pool_wait_seconds=state.config.pool_wait_seconds,
+            db=state.store,
+            redis=state.redis,
+            settings=state.config,
         )
     except kopf.TemporaryError:
         raise  # waiting for a WorkerPool is not an error
@@ -104,10 +110,12 @@ async def dispatch_run(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
 @kopf.on.field(*RESOURCE, field="spec.stop", value=True)
 async def stop_run(*, body: kopf.Body, uid: str, status: kopf.Status, memo: Any, **_: Any) -> None:
     """``spec.stop: true`` becomes a durable stop request the worker honours, even later."""
-    if phases.is_terminal(status.get("phase")):
+    if phases.is_terminal(views.RunStatus(status).phase):
         return
-    if memo.redis is None:
+    state = memos.of(memo)
+    if state.redis is None:
         raise kopf.PermanentError("no Redis configured (AGENTRUN_REDIS_URL): cannot deliver a stop request")
-    await control.request_stop(memo.redis, uid, ttl_seconds=memo.config.key_ttl_seconds, reason="StopRequested")
-    kopf.info(body, reason="StopRequested", message="stop requested")
+    await control.request_stop(state.redis, uid, ttl_seconds=state.config.key_ttl_seconds,
+                               reason=reasons.Reason.STOP_REQUESTED)
+    kopf.info(body, reason=reasons.Reason.STOP_REQUESTED, message="stop requested")
     logger.info("run.stop_requested", run_id=uid)

@@ -29,7 +29,7 @@ import lightkube
 import lightkube.generic_resource
 import lightkube.resources.autoscaling_v2
 
-from agentrun import kube
+from agentrun import kube, views
 from agentrun_operator import config, deployments, owned
 
 HorizontalPodAutoscaler = lightkube.resources.autoscaling_v2.HorizontalPodAutoscaler
@@ -44,7 +44,7 @@ FALLBACK_FAILURES = 3
 
 
 def mode(spec: dict[str, Any]) -> str:
-    return str((spec.get("autoscaling") or {}).get("mode", "operator"))
+    return views.PoolSpec(spec).autoscaling_mode
 
 
 def _metadata(pool: dict[str, Any]) -> dict[str, Any]:
@@ -53,16 +53,16 @@ def _metadata(pool: dict[str, Any]) -> dict[str, Any]:
             "labels": deployments.labels(meta["name"]), "ownerReferences": [deployments.owner_reference(pool)]}
 
 
-def _behavior(spec: dict[str, Any]) -> dict[str, Any]:
+def _behavior(spec: views.PoolSpec) -> dict[str, Any]:
     return {
         "scaleUp": {"stabilizationWindowSeconds": 0},
-        "scaleDown": {"stabilizationWindowSeconds": int(spec.get("scaleDownStabilizationSeconds", 300))},
+        "scaleDown": {"stabilizationWindowSeconds": int(spec.scale_down_stabilization_seconds)},
     }
 
 
 def hpa_for(pool: dict[str, Any]) -> dict[str, Any]:
     """The ``autoscaling/v2`` HPA of a pool in ``hpa`` mode."""
-    meta, spec = pool["metadata"], pool.get("spec") or {}
+    meta, spec = pool["metadata"], views.PoolSpec(pool.get("spec"))
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -70,13 +70,13 @@ def hpa_for(pool: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                "name": deployments.deployment_name(meta["name"])},
-            "minReplicas": max(1, int(spec.get("minReplicas", 1))),
-            "maxReplicas": max(1, int(spec.get("maxReplicas", 10))),
+            "minReplicas": max(1, spec.min_replicas),
+            "maxReplicas": max(1, spec.max_replicas),
             "metrics": [{
                 "type": "External",
                 "external": {
                     "metric": {"name": METRIC, "selector": {"matchLabels": {"pool": meta["name"][:63]}}},
-                    "target": {"type": "AverageValue", "averageValue": str(int(spec.get("runsPerReplica", 8)))},
+                    "target": {"type": "AverageValue", "averageValue": str(spec.runs_per_replica)},
                 },
             }],
             "behavior": _behavior(spec),
@@ -91,9 +91,8 @@ def backlog_query(namespace: str, pool: str) -> str:
 
 def scaled_object_for(pool: dict[str, Any], settings: config.OperatorSettings) -> dict[str, Any]:
     """The ``keda.sh/v1alpha1`` ScaledObject of a pool in ``keda`` mode."""
-    meta, spec = pool["metadata"], pool.get("spec") or {}
-    autoscaling = spec.get("autoscaling") or {}
-    max_replicas = int(spec.get("maxReplicas", 10))
+    meta, spec = pool["metadata"], views.PoolSpec(pool.get("spec"))
+    autoscaling, max_replicas = spec.autoscaling, spec.max_replicas
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -101,10 +100,10 @@ def scaled_object_for(pool: dict[str, Any], settings: config.OperatorSettings) -
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                "name": deployments.deployment_name(meta["name"])},
-            "minReplicaCount": int(spec.get("minReplicas", 1)),
+            "minReplicaCount": spec.min_replicas,
             "maxReplicaCount": max_replicas,
             "pollingInterval": settings.keda_polling_interval_seconds,
-            "cooldownPeriod": int(spec.get("scaleDownStabilizationSeconds", 300)),
+            "cooldownPeriod": int(spec.scale_down_stabilization_seconds),
             "fallback": {"failureThreshold": FALLBACK_FAILURES,
                          "replicas": int(autoscaling.get("fallbackReplicas", max_replicas))},
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
@@ -114,7 +113,7 @@ def scaled_object_for(pool: dict[str, Any], settings: config.OperatorSettings) -
                 "metadata": {
                     "serverAddress": autoscaling.get("prometheusAddress") or settings.prometheus_url,
                     "query": backlog_query(meta["namespace"], meta["name"]),
-                    "threshold": str(int(spec.get("runsPerReplica", 8))),
+                    "threshold": str(spec.runs_per_replica),
                     "ignoreNullValues": "false",
                 },
             }],

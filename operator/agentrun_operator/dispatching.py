@@ -16,16 +16,17 @@ Once the creation is recorded, neither a restart nor a watch reconnect calls thi
 from __future__ import annotations
 
 import asyncio
-import datetime
-from typing import Any
+import time
 
 import dramatiq
 import dramatiq.errors
 import kopf
 import lightkube
+import redis.asyncio as aioredis
 import structlog
 
-from agentrun import broker, keys, kube, message, phases
+from agentrun import broker, ending, keys, kube, message, phases, reasons, store, streams, timestamps, views
+from agentrun import settings as agentrun_settings
 from agentrun_operator import eventing, recent, workflows
 
 logger = structlog.get_logger(__name__)
@@ -43,7 +44,7 @@ After a restart it is empty, so a run marked Queued but never published is publi
 class PoolMissing(Exception):
     """The run names a WorkerPool that does not exist (yet)."""
 
-    reason = "WorkerPoolNotFound"
+    reason = reasons.Reason.WORKER_POOL_NOT_FOUND
 
 
 def resolve_queue(pools: kopf.Index[tuple[str, str], str], namespace: str, pool: str) -> str:
@@ -53,14 +54,6 @@ def resolve_queue(pools: kopf.Index[tuple[str, str], str], namespace: str, pool:
     return found[0]
 
 
-def age_seconds(meta: kopf.Meta) -> float:
-    created = meta.get("creationTimestamp")
-    if not created:
-        return 0.0
-    then = datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
-
-
 async def dispatch(
     *,
     api: lightkube.AsyncClient,
@@ -68,50 +61,52 @@ async def dispatch(
     pools: kopf.Index[tuple[str, str], str],
     body: kopf.Body,
     pool_wait_seconds: float,
+    db: store.Store | None,
+    redis: aioredis.Redis | None,
+    settings: agentrun_settings.Settings,
 ) -> None:
-    meta, spec, status = body.metadata, body.spec, body.status
-    namespace, name, uid = meta.namespace, meta.name, meta.uid
-    assert namespace is not None and name is not None and uid is not None
+    run = views.AgentRun(body)
+    namespace, name, uid = run.namespace, run.name, run.uid
     log = logger.bind(run_id=uid, namespace=namespace, name=name)
-    phase = status.get("phase")
+    phase = run.status.phase
     if phases.rank(phase) > phases.rank(phases.Phase.QUEUED):
         return  # a worker has it already, or it ended
-    pool = spec.get("workerPool", "default")
+    attempt = run.status.attempt or 1
     try:
-        queue = resolve_queue(pools, namespace, pool)
-        resolved = await workflows.resolve(api, namespace, dict(spec))
+        queue = resolve_queue(pools, namespace, run.spec.pool)
+        resolved = await workflows.resolve(api, namespace, dict(run.spec.raw))
     except (PoolMissing, workflows.WorkflowMissing, workflows.WorkflowInvalid) as exc:
         # What the run names may be applied just after it (kubectl apply -f dir/): wait a little
-        if not isinstance(exc, workflows.WorkflowInvalid) and age_seconds(meta) < pool_wait_seconds:
+        age = timestamps.age_seconds(run.created_at, time.time()) or 0.0
+        if not isinstance(exc, workflows.WorkflowInvalid) and age < pool_wait_seconds:
             await show_waiting(api, body, exc, pool_wait_seconds)
             raise kopf.TemporaryError(f"waiting: {exc}", delay=1) from None
         reason, text = exc.reason, str(exc)
         eventing.ended_here(uid)
-        await kube.transition(
-            api, namespace, name, phases.Phase.FAILED, attempt=int(status.get("attempt") or 1), uid=uid,
-            fields={"reason": reason, "message": text, "finishedAt": kube.now(),
-                    "observedGeneration": meta.get("generation")},
-            condition=("Complete", "False", reason, text),
+        await ending.finish(
+            ending.RunRef(uid=uid, namespace=namespace, name=name, attempt=attempt, thread_id=run.thread_id),
+            ending.Ending(phase=phases.Phase.FAILED, reason=reason, message=text),
+            api=api, db=db, redis=redis, key_ttl_seconds=settings.key_ttl_seconds,
+            writer=None if redis is None else streams.StreamWriter(redis, uid, maxlen=settings.stream_maxlen),
+            record=record_of(run, attempt), fields={"observedGeneration": run.metadata.get("generation")},
         )
         kopf.warn(body, reason=reason, message=text)
         log.warning("run.failed", reason=reason)
         return
 
-    attempt = int(status.get("attempt") or 1)
-    thread_id = status.get("threadId") or spec.get("threadId") or uid
-    queued_at = status.get("queuedAt") or kube.now_precise()
+    queued_at = run.status.queued_at or kube.now_precise()
     if phase != phases.Phase.QUEUED:
         marked = await kube.transition(
             api, namespace, name, phases.Phase.QUEUED, attempt=attempt, uid=uid,
             fields={
                 "queuedAt": queued_at,
-                "threadId": thread_id,
+                "threadId": run.thread_id,
                 "streamKey": keys.stream(uid),
-                "observedGeneration": meta.get("generation"),
+                "observedGeneration": run.metadata.get("generation"),
                 "reason": None,
                 "message": None,
             },
-            condition=("Dispatched", "True", "Queued", f"queued on {queue}"),
+            condition=("Dispatched", "True", reasons.Reason.QUEUED, f"queued on {queue}"),
             seen=dict(body),
         )
         if marked is None:
@@ -121,11 +116,8 @@ async def dispatch(
         log.debug("run.already_published", attempt=attempt)
         return
     try:
-        message_id = await publish(
-            dramatiq_broker, queue, uid=uid, namespace=namespace, name=name,
-            generation=int(meta.get("generation") or 1), attempt=attempt, thread_id=thread_id,
-            queued_at=queued_at, spec=resolved,
-        )
+        message_id = await publish(dramatiq_broker, queue,
+                                   message.for_run(run, attempt=attempt, queued_at=queued_at, spec=resolved))
     except dramatiq.errors.ConnectionError as exc:
         # The run stays Queued; kopf calls this again soon (not after its 60 s default), and
         # the same message id makes a publish that did reach the broker harmless.
@@ -133,11 +125,12 @@ async def dispatch(
         raise kopf.TemporaryError(f"the broker is unreachable ({type(exc).__name__}); retrying",
                                   delay=BROKER_RETRY_SECONDS) from None
     _published.add((uid, attempt))
-    kopf.info(body, reason="Queued", message=f"attempt {attempt} queued on {queue}")
+    kopf.info(body, reason=reasons.Reason.QUEUED, message=f"attempt {attempt} queued on {queue}")
     log.info("run.queued", queue=queue, attempt=attempt, message_id=message_id)
 
 
-WAITING_REASONS = {PoolMissing: "WaitingForWorkerPool", workflows.WorkflowMissing: "WaitingForWorkflow"}
+WAITING_REASONS = {PoolMissing: reasons.Reason.WAITING_FOR_WORKER_POOL,
+                   workflows.WorkflowMissing: reasons.Reason.WAITING_FOR_WORKFLOW}
 
 
 async def show_waiting(api: lightkube.AsyncClient, body: kopf.Body, missing: Exception, wait_seconds: float) -> None:
@@ -154,27 +147,18 @@ async def show_waiting(api: lightkube.AsyncClient, body: kopf.Body, missing: Exc
                           condition=("Dispatched", "False", reason, text), seen=dict(body))
 
 
-async def publish(
-    dramatiq_broker: dramatiq.Broker,
-    queue: str,
-    *,
-    uid: str,
-    namespace: str,
-    name: str,
-    generation: int,
-    attempt: int,
-    thread_id: str,
-    queued_at: str,
-    spec: dict[str, Any],
-) -> str:
-    """Publish the run's message for ``attempt`` (id from ``(uid, attempt)``); the message id.
+def record_of(run: views.AgentRun, attempt: int) -> store.RunRecord:
+    """The database row of a run the operator ends before any worker recorded it."""
+    return store.RunRecord(
+        id=run.uid, namespace=run.namespace, name=run.name, thread_id=run.thread_id,
+        status=str(phases.Phase.QUEUED), attempt=attempt, queued_at=timestamps.parse(run.status.queued_at),
+    )
+
+
+async def publish(dramatiq_broker: dramatiq.Broker, queue: str, payload: message.RunMessage) -> str:
+    """Publish one run message (its id from ``(uid, attempt)``); the message id.
 
     Also used by the recovery scan to re-queue a run after a lost worker or a lost message.
     Publishing blocks until the broker confirms, so it runs in a thread.
     """
-    payload = message.RunMessage(
-        uid=uid, namespace=namespace, name=name, generation=generation, attempt=attempt,
-        thread_id=thread_id, queued_at=queued_at, spec=spec,
-    )
     return await asyncio.to_thread(broker.enqueue, dramatiq_broker, payload, queue)
-

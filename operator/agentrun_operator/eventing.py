@@ -8,13 +8,13 @@ Event is a notice, the phase on the resource is the record.
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import lightkube
 import lightkube.codecs
 import structlog
 
+from agentrun import phases, timestamps, views
 from agentrun_operator import recent
 
 logger = structlog.get_logger(__name__)
@@ -25,7 +25,7 @@ COMPONENT = "agentrun-operator"
 def manifest(obj: dict[str, Any], *, type_: str, reason: str, message: str) -> dict[str, Any]:
     """A core/v1 Event about ``obj`` (an AgentRun as a dict), as ``kubectl describe`` lists it."""
     meta = obj.get("metadata") or {}
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = timestamps.now()
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -77,14 +77,12 @@ def phase_event(body: Any, before: str, phase: str) -> tuple[str, str, str] | No
     of a run that never started, PoolDeleted, WorkerPoolNotFound, …); the watch posts the rest,
     so that ``kubectl describe`` lists every phase change once.
     """
-    status, uid = body.status, body.metadata.uid
-    attempt = status.get("attempt") or 1
-    if phase == "Running":
-        return "Normal", "Running", f"attempt {attempt} running on {status.get('workerInstance') or 'a worker'}"
-    if phase == "Stopping":
+    status, uid = views.RunStatus(body.status), body.metadata.uid
+    if phase == phases.Phase.RUNNING:
+        return "Normal", "Running", f"attempt {status.attempt or 1} running on {status.worker_instance or 'a worker'}"
+    if phase == phases.Phase.STOPPING:
         return "Normal", "Stopping", "stopping on request"
-    if phase in ("Succeeded", "Failed", "Stopped") and uid not in _ENDED_HERE:
-        reason = str(status.get("reason") or phase)
-        text = str(status.get("message") or f"{phase.lower()} after {status.get('iterations') or 0} iterations")
-        return ("Warning" if phase == "Failed" else "Normal"), reason, text
+    if phases.is_terminal(phase) and uid not in _ENDED_HERE:
+        text = status.message or f"{phase.lower()} after {status.iterations} iterations"
+        return ("Warning" if phase == phases.Phase.FAILED else "Normal"), status.reason or phase, text
     return None

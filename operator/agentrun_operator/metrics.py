@@ -10,7 +10,6 @@ keeps these apart from anything else in the process (``agentrun dev`` runs a wor
 from __future__ import annotations
 
 import collections
-import datetime
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ import prometheus_client
 import prometheus_client.core
 import prometheus_client.registry
 
-from agentrun import phases
+from agentrun import phases, timestamps, views
 
 REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
 
@@ -28,8 +27,8 @@ DISPATCH_BUCKETS = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300
 """Seconds: a warm pool starts a run in tens of milliseconds, a pool woken from zero in tens
 of seconds, a saturated one in minutes; the buckets cover all three."""
 
-QUEUED_PHASES = frozenset({str(phases.Phase.PENDING), str(phases.Phase.QUEUED)})
-RUNNING_PHASES = frozenset({str(phases.Phase.RUNNING), str(phases.Phase.STOPPING)})
+QUEUED_PHASES = phases.UNSTARTED
+RUNNING_PHASES = phases.ACTIVE
 
 RUNS_FINISHED = prometheus_client.Counter(
     "agentrun_runs_finished_total",
@@ -109,11 +108,11 @@ SCANS = prometheus_client.Counter(
 
 def phase_key(body: kopf.Body) -> tuple[str, str, str] | None:
     """``(namespace, pool, phase)`` of an AgentRun for the ``run_phases`` index."""
-    phase = body.status.get("phase")
-    namespace = body.metadata.namespace
+    run = views.AgentRun(body)
+    phase, namespace = run.status.phase, body.metadata.namespace
     if not phase or namespace is None:
         return None
-    return (namespace, str(body.spec.get("workerPool", "default")), str(phase))
+    return (namespace, run.spec.pool, phase)
 
 
 class IndexCollector(prometheus_client.registry.Collector):
@@ -160,7 +159,7 @@ class Tracker:
 
     def observe(self, event_type: str | None, body: kopf.Body) -> tuple[str, str] | None:
         """Count what changed; ``(phase before, phase now)`` when this process saw the run move."""
-        meta, spec, status = body.metadata, body.spec, body.status
+        meta, run = body.metadata, views.AgentRun(body)
         uid, namespace = meta.uid, meta.namespace
         if uid is None or namespace is None:
             return None
@@ -168,8 +167,8 @@ class Tracker:
             with self._lock:
                 self._seen.pop(uid, None)
             return None
-        phase = str(status.get("phase") or "")
-        attempt = int(status.get("attempt") or 1)
+        phase = run.status.phase or ""
+        attempt = run.status.attempt or 1
         with self._lock:
             before = self._seen.get(uid)
             self._seen[uid] = (phase, attempt)
@@ -178,25 +177,22 @@ class Tracker:
         # state instead of expecting every phase.
         if before is None or before == (phase, attempt) or phases.is_terminal(before[0]):
             return None
-        pool = str(spec.get("workerPool", "default"))
+        pool = run.spec.pool
         if phases.is_terminal(phase):
-            RUNS_FINISHED.labels(namespace, pool, phase, str(status.get("reason") or "")).inc()
+            RUNS_FINISHED.labels(namespace, pool, phase, run.status.reason or "").inc()
         started = phase != "" and phases.rank(phase) >= phases.rank(phases.Phase.RUNNING)
         if started and attempt == 1 and phases.rank(before[0] or None) < phases.rank(phases.Phase.RUNNING):
-            latency = _seconds_between(meta.get("creationTimestamp"), status.get("startedAt"))
+            latency = _seconds_between(run.created_at, run.status.started_at)
             if latency is not None:
                 DISPATCH_LATENCY.labels(namespace, pool).observe(max(latency, 0.0))
         return (before[0], phase) if before[0] != phase else None
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:
-    if not start or not end:
+    begun, ended = timestamps.parse(start), timestamps.parse(end)
+    if begun is None or ended is None:
         return None
-
-    def parse(value: Any) -> datetime.datetime:
-        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-    return (parse(end) - parse(start)).total_seconds()
+    return float((ended - begun).total_seconds())
 
 
 TRACKER = Tracker()

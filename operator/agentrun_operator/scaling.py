@@ -6,6 +6,8 @@ queued and running runs from the ``run_phases`` index — with
 :func:`agentrun_operator.deployments.desired_replicas`, holds scale-downs for the pool's
 ``scaleDownStabilizationSeconds`` (:class:`agentrun_operator.deployments.Stabilizer`), and
 writes the Deployment's ``spec.replicas`` and the pool's status only when a number changes.
+The numbers are decided by :func:`agentrun_operator.decisions.scale` (a pure function); this
+module gathers what it needs and writes what it decided.
 Pools in ``hpa`` or ``keda`` mode only get their status (queued, running) written. A run's
 phase change nudges the loop (:meth:`Autoscaler.nudge`), so a backlog is answered within
 ``autoscale_coalesce_seconds`` rather than at the next interval.
@@ -29,8 +31,8 @@ import lightkube.resources.core_v1
 import lightkube.types
 import structlog
 
-from agentrun import kube, message
-from agentrun_operator import brokerstats, config, deployments, metrics, workerpools
+from agentrun import kube, message, phases, views
+from agentrun_operator import brokerstats, config, decisions, deployments, metrics, workerpools
 
 logger = structlog.get_logger(__name__)
 Pod = lightkube.resources.core_v1.Pod
@@ -38,8 +40,8 @@ Pod = lightkube.resources.core_v1.Pod
 
 def backlog(run_phases: kopf.Index[tuple[str, str, str], str], namespace: str, pool: str) -> tuple[int, int]:
     """``(queued, running)`` runs of a pool, from the index."""
-    queued = sum(len(run_phases.get((namespace, pool, p), [])) for p in metrics.QUEUED_PHASES)
-    running = sum(len(run_phases.get((namespace, pool, p), [])) for p in metrics.RUNNING_PHASES)
+    queued = sum(len(run_phases.get((namespace, pool, p), [])) for p in phases.UNSTARTED)
+    running = sum(len(run_phases.get((namespace, pool, p), [])) for p in phases.ACTIVE)
     return queued, running
 
 
@@ -117,46 +119,35 @@ class Autoscaler:
                 except KeyError:
                     pass
 
-    async def _scale(self, key: tuple[str, str], spec: dict[str, Any], now: float) -> None:
+    async def _scale(self, key: tuple[str, str], raw_spec: dict[str, Any], now: float) -> None:
+        """Gather the pool's backlog, let :func:`decisions.scale` decide, write what changed."""
         namespace, pool = key
+        spec = views.PoolSpec(raw_spec)
         queued, running = backlog(self._runs, namespace, pool)
-        report = {"queued": queued, "running": running}
         messages = self._depths.get(message.queue_name(namespace, pool))
         if messages is not None:
-            report["brokerMessages"] = sum(messages)
             metrics.POOL_BROKER_MESSAGES.labels(namespace, pool, "ready").set(messages[0])
             metrics.POOL_BROKER_MESSAGES.labels(namespace, pool, "unacknowledged").set(messages[1])
-        if (spec.get("autoscaling") or {}).get("mode", "operator") == "operator":
-            # the broker may hold runs the operator does not know of: size for the larger count
-            extra = max(0, sum(messages) - queued - running) if messages is not None else 0
-            desired = deployments.desired_replicas(
-                queued + extra, running, runs_per_replica=int(spec.get("runsPerReplica", 8)),
-                min_replicas=int(spec.get("minReplicas", 1)), max_replicas=int(spec.get("maxReplicas", 10)),
-            )
-            window = float(spec.get("scaleDownStabilizationSeconds", 300))
-            stabilizer = self._stabilizers.setdefault(key, deployments.Stabilizer(window))
-            stabilizer.window_seconds = window
-            target = stabilizer.recommend(desired, now)
-            report["desiredReplicas"] = target
-            current = [d[0] for d in self._deployments.get(key, [])]
-            if self._applied.get(key) != target or (current and current[0] != target):
-                if await self._set_replicas(namespace, pool, target):
-                    logger.info("pool.scaled", namespace=namespace, pool=pool, replicas=target, desired=desired,
-                                queued=queued, running=running)
-                    self._applied[key] = target
         found = list(self._deployments.get(key, []))
+        decided = decisions.scale(
+            spec, queued=queued, running=running, broker_messages=messages,
+            stabilizer=self._stabilizers.setdefault(key, deployments.Stabilizer(spec.scale_down_stabilization_seconds)),
+            now=now, applied=self._applied.get(key), deployment=found[0] if found else None,
+        )
+        if decided.patch and decided.target is not None and await self._set_replicas(namespace, pool, decided.target):
+            logger.info("pool.scaled", namespace=namespace, pool=pool, replicas=decided.target,
+                        desired=decided.desired, queued=queued, running=running)
+            self._applied[key] = decided.target
         if found:
-            report["replicas"], report["readyReplicas"] = found[0][1], found[0][2]
             metrics.POOL_REPLICAS.labels(namespace, pool).set(found[0][1])
             metrics.POOL_READY_REPLICAS.labels(namespace, pool).set(found[0][2])
-            slots = int(spec.get("processes", 1)) * int(spec.get("threads", 8))
-            metrics.POOL_CAPACITY.labels(namespace, pool).set(found[0][2] * slots)
-        if "desiredReplicas" in report:
-            metrics.POOL_DESIRED_REPLICAS.labels(namespace, pool).set(report["desiredReplicas"])
-        if self._reported.get(key) != report:
-            await self._api.patch(kube.WorkerPool.Status, pool, {"status": report}, namespace=namespace,
+            metrics.POOL_CAPACITY.labels(namespace, pool).set(found[0][2] * spec.processes * spec.threads)
+        if decided.target is not None:
+            metrics.POOL_DESIRED_REPLICAS.labels(namespace, pool).set(decided.target)
+        if self._reported.get(key) != decided.report:
+            await self._api.patch(kube.WorkerPool.Status, pool, {"status": decided.report}, namespace=namespace,
                                   patch_type=lightkube.types.PatchType.MERGE)
-            self._reported[key] = report
+            self._reported[key] = decided.report
 
     async def _mark_costs(self, key: tuple[str, str]) -> None:
         """Set each pod's deletion cost to its runs in flight, where it differs."""

@@ -34,16 +34,17 @@ What one scan does:
   ``status.finishedAt`` (its database row stays, its Redis keys expire on their own), at the
   first scan after the TTL: no timer, so no finalizer.
 
-When the operator ends a run itself it writes what a worker would: the database row, then
-the resource, then the terminal ``status`` event on the run's stream (so readers stop
-waiting), and posts an Event.
+What to do is decided by :mod:`agentrun_operator.decisions` (pure functions over the index,
+the lease check and a clock passed in); this module gathers what they need and carries the
+actions out. When the operator ends a run itself it does so through
+:func:`agentrun.ending.finish`, as a worker does: the database row, then the resource, then
+the terminal ``status`` event on the run's stream (so readers stop waiting); then it posts an
+Event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime
 import time
 from typing import Any
 
@@ -53,14 +54,11 @@ import lightkube
 import redis.asyncio as aioredis
 import structlog
 
-from agentrun import keys, kube, message, phases, store, streams
+from agentrun import ending, keys, kube, message, phases, reasons, store, streams, views
 from agentrun import settings as agentrun_settings
-from agentrun_operator import config, dispatching, eventing, metrics, workflows
+from agentrun_operator import config, decisions, dispatching, eventing, metrics, workflows
 
 logger = structlog.get_logger(__name__)
-
-LIVE = frozenset({str(phases.Phase.RUNNING), str(phases.Phase.STOPPING)})
-DEFAULT_MAX_ATTEMPTS = 3
 
 # Release the operator's claim on a lease only if it is still the operator's.
 _RELEASE = """
@@ -71,70 +69,13 @@ return 0
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class RunView:
-    """What the scan needs to know about one AgentRun, kept current by a kopf index."""
-
-    uid: str
-    namespace: str
-    name: str
-    phase: str
-    pool: str
-    attempt: int
-    max_attempts: int
-    created_at: str | None
-    queued_at: str | None
-    timeout_seconds: int | None = None
-    finished_at: str | None = None
-    ttl_after_finished: int | None = None
-
-
-def view(body: kopf.Body) -> RunView | None:
-    """The index entry of an AgentRun, or None when the scan has nothing to do with it
-    (not dispatched yet, or finished without a TTL)."""
-    meta, spec, status = body.metadata, body.spec, body.status
-    phase = status.get("phase")
-    ttl = spec.get("ttlSecondsAfterFinished")
-    if not phase or meta.uid is None or meta.namespace is None:
-        return None
-    if phases.is_terminal(phase) and ttl is None:
-        return None
-    timeout = spec.get("timeoutSeconds")
-    return RunView(
-        uid=meta.uid,
-        namespace=meta.namespace,
-        name=meta.name or "",
-        phase=str(phase),
-        pool=str(spec.get("workerPool") or "default"),
-        attempt=int(status.get("attempt") or 1),
-        max_attempts=int(spec.get("maxAttempts") or DEFAULT_MAX_ATTEMPTS),
-        created_at=meta.get("creationTimestamp"),
-        queued_at=status.get("queuedAt"),
-        timeout_seconds=None if timeout is None else int(timeout),
-        finished_at=status.get("finishedAt"),
-        ttl_after_finished=None if ttl is None else int(ttl),
-    )
-
-
-def past_deadline(v: RunView, now: float) -> bool:
-    created = timestamp(v.created_at)
-    return v.timeout_seconds is not None and created is not None and now - created >= v.timeout_seconds
-
-
-def timestamp(value: str | None) -> float | None:
-    """Seconds since the epoch of an RFC 3339 timestamp (None stays None)."""
-    if not value:
-        return None
-    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
 class Scanner:
     """The scan loop and what it does to the runs it finds. One per operator process."""
 
     def __init__(
         self,
         *,
-        runs: kopf.Index[str, RunView],
+        runs: kopf.Index[str, decisions.RunView],
         pools: kopf.Index[tuple[str, str], str],
         api: lightkube.AsyncClient,
         redis: aioredis.Redis,
@@ -168,53 +109,41 @@ class Scanner:
                 logger.exception("scan.failed", error=str(exc))
             await asyncio.sleep(self._op.scan_interval_seconds)
 
-    def _views(self) -> list[RunView]:
+    def _views(self) -> list[decisions.RunView]:
         return [v for _, found in self._runs.items() for v in found]
 
     async def scan_once(self) -> None:
-        views = self._views()
-        now = time.time()
-        live = [v for v in views if v.phase in LIVE]
-        if live and await self._redis_just_restarted():
-            live = []  # its workers are taking their leases back (agentrun_worker.leases.Lease.reclaim)
-        if live:
-            pipe = self._redis.pipeline(transaction=False)
-            for v in live:
-                pipe.exists(keys.lease(v.uid))
-                pipe.exists(keys.stop(v.uid))
-            found = await pipe.execute()
-            for i, v in enumerate(live):
-                if not found[2 * i]:
-                    await self._guarded("recover", v, self.recover(v, stop_requested=bool(found[2 * i + 1])))
-        for v in views:
-            if phases.is_terminal(v.phase):
-                finished = timestamp(v.finished_at)
-                if v.ttl_after_finished is not None and finished is not None and now - finished >= v.ttl_after_finished:
-                    await self._guarded("delete", v, self.delete(v))
-            elif v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED) and past_deadline(v, now):
-                await self._guarded("deadline", v, self.expire(v))
-            elif v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED) and self._pool_gone(v, now):
-                await self._guarded("pool_deleted", v, self.expire(v, pool_deleted=True))
-            elif v.phase == phases.Phase.QUEUED:
-                since = max(timestamp(v.queued_at) or now, self._republished.get((v.uid, v.attempt), 0.0))
-                if now - since >= self._op.queued_timeout_seconds:
-                    await self._guarded("republish", v, self.republish(v))
-        waiting = {(v.namespace, v.pool) for v in views if v.phase in (phases.Phase.PENDING, phases.Phase.QUEUED)}
-        for pool in [k for k in self._pool_missing if k not in waiting or k in self._pools]:
-            del self._pool_missing[pool]
-        current = {(v.uid, v.attempt) for v in views}
-        for key in [k for k in self._republished if k not in current]:
-            del self._republished[key]
+        """Gather what the decision needs (the index, one Redis round trip), decide, act."""
+        runs = self._views()
+        plan = decisions.scan(
+            runs, now=time.time(), leases=await self._leases(runs), pools=self._pools,
+            pool_missing=self._pool_missing, republished=self._republished,
+            queued_timeout_seconds=self._op.queued_timeout_seconds,
+            pool_missing_grace_seconds=self._op.pool_missing_grace_seconds,
+        )
+        self._pool_missing, self._republished = plan.pool_missing, plan.republished
+        for action in plan.actions:
+            await self._guarded(action)
         self.scans += 1
         metrics.SCANS.inc()
 
-    def _pool_gone(self, v: RunView, now: float) -> bool:
-        """Whether the run's pool has been missing from the pool index for the whole grace."""
-        key = (v.namespace, v.pool)
-        if key in self._pools:
-            return False
-        since = self._pool_missing.setdefault(key, now)
-        return now - since >= self._op.pool_missing_grace_seconds
+    async def _leases(self, runs: list[decisions.RunView]) -> decisions.Leases | None:
+        """Which live runs have a lease and a stop request: one pipelined round trip. None
+        right after a Redis restart (their workers are taking their leases back,
+        ``agentrun_worker.leases.Lease.reclaim``)."""
+        live = [v for v in runs if phases.is_active(v.phase)]
+        if not live:
+            return decisions.Leases(held={}, stop_requested={})
+        if await self._redis_just_restarted():
+            return None
+        pipe = self._redis.pipeline(transaction=False)
+        for v in live:
+            pipe.exists(keys.lease(v.uid))
+            pipe.exists(keys.stop(v.uid))
+        found = await pipe.execute()
+        return decisions.Leases(held={v.uid: bool(found[2 * i]) for i, v in enumerate(live)},
+                                stop_requested={v.uid: bool(found[2 * i + 1]) for i, v in enumerate(live)})
+
     async def _redis_just_restarted(self) -> bool:
         """Whether Redis has been up for less than a lease TTL: then a missing lease may have
         been lost by a restart (or a failover) rather than given up, and its worker gets one
@@ -230,15 +159,27 @@ class Scanner:
             return True
         return False
 
-    async def _guarded(self, action: str, v: RunView, work: Any) -> None:
+    async def _guarded(self, action: decisions.ScanAction) -> None:
+        v = action.run
+        match action:
+            case decisions.Recover(stop_requested=stop_requested):
+                name, work = "recover", self.recover(v, stop_requested=stop_requested)
+            case decisions.Expire(pool_deleted=True):
+                name, work = "pool_deleted", self.expire(v, pool_deleted=True)
+            case decisions.Expire():
+                name, work = "deadline", self.expire(v)
+            case decisions.Republish():
+                name, work = "republish", self.republish(v)
+            case decisions.Delete():
+                name, work = "delete", self.delete(v)
         try:
             await work
         except Exception as exc:  # one run's trouble must not stop the scan of the others
-            metrics.RECONCILE_ERRORS.labels(f"scan.{action}").inc()
-            logger.exception("scan.action_failed", action=action, run_id=v.uid, namespace=v.namespace,
+            metrics.RECONCILE_ERRORS.labels(f"scan.{name}").inc()
+            logger.exception("scan.action_failed", action=name, run_id=v.uid, namespace=v.namespace,
                              name=v.name, error=str(exc))
 
-    async def _get(self, v: RunView) -> dict[str, Any] | None:
+    async def _get(self, v: decisions.RunView) -> views.AgentRun | None:
         """The run as the API server has it now, if it is still the object ``v`` describes."""
         try:
             obj = kube.to_dict(await self._api.get(kube.AgentRun, v.name, namespace=v.namespace))
@@ -246,132 +187,114 @@ class Scanner:
             if kube.is_not_found(exc):
                 return None
             raise
-        return obj if obj.get("metadata", {}).get("uid") == v.uid else None
+        run = views.AgentRun(obj)
+        return run if run.is_run(v.uid) else None
+
+    async def _claim_lease(self, uid: str) -> bool:
+        """Hold the run's lease (``SET NX``) while acting, so no delivery starts it meanwhile."""
+        return bool(await self._redis.set(keys.lease(uid), self._claim, nx=True,
+                                          px=int(self._op.requeue_claim_seconds * 1000)))
+
+    async def _release_lease(self, uid: str) -> None:
+        await self._release(keys=[keys.lease(uid)], args=[self._claim])
 
     # -- lost workers ---------------------------------------------------------------------------
 
-    async def recover(self, v: RunView, *, stop_requested: bool) -> None:
+    async def recover(self, v: decisions.RunView, *, stop_requested: bool) -> None:
         """A live run without a lease: re-queue it, or end it when no attempt is left."""
         log = logger.bind(run_id=v.uid, namespace=v.namespace, name=v.name, attempt=v.attempt)
-        lease = keys.lease(v.uid)
-        claim_ms = int(self._op.requeue_claim_seconds * 1000)
-        if not await self._redis.set(lease, self._claim, nx=True, px=claim_ms):
+        if not await self._claim_lease(v.uid):
             return  # a worker holds the lease again (a redelivery took the run): nothing is lost
-        requeue: dict[str, Any] | None = None
+        requeued: tuple[views.AgentRun, decisions.Requeue] | None = None
         try:
-            obj = await self._get(v)
-            status = (obj or {}).get("status") or {}
-            if obj is None or status.get("phase") not in LIVE or int(status.get("attempt") or 0) != v.attempt:
+            run = await self._get(v)
+            if run is None or not run.runs_attempt(v.uid, v.attempt, phases.ACTIVE):
                 return  # it moved on since the index saw it
-            worker = status.get("workerInstance") or "unknown"
-            if stop_requested:
-                text = f"stopped on request; its worker {worker} was lost before it confirmed the stop"
-                await self.finish(obj, phases.Phase.STOPPED, "StopRequested", text, attempt=v.attempt)
-                metrics.RECOVERIES.labels("WorkerLost", "stopped").inc()
-                log.warning("run.recovered", action="stopped", worker=worker)
-            elif past_deadline(v, time.time()):
-                text = (f"the run exceeded timeoutSeconds={v.timeout_seconds} "
-                        f"(its worker {worker} was lost on attempt {v.attempt})")
-                await self.finish(obj, phases.Phase.FAILED, "DeadlineExceeded", text, attempt=v.attempt)
-                metrics.RECOVERIES.labels("DeadlineExceeded", "failed").inc()
-                log.warning("run.recovered", action="deadline", worker=worker)
-            elif v.attempt >= v.max_attempts:
-                text = (f"the worker was lost on attempt {v.attempt} of {v.max_attempts} "
-                        f"(last worker {worker}); no attempts left")
-                await self.finish(obj, phases.Phase.FAILED, "WorkerLost", text, attempt=v.attempt)
-                metrics.RECOVERIES.labels("WorkerLost", "failed").inc()
-                log.warning("run.recovered", action="failed", worker=worker)
+            worker = run.status.worker_instance or "unknown"
+            decided = decisions.recovery(v, stop_requested=stop_requested, worker=worker, now=time.time())
+            if isinstance(decided, decisions.End):
+                await self.finish(run, decided.phase, decided.reason, decided.message, attempt=v.attempt)
+                metrics.RECOVERIES.labels(*decided.metric).inc()
+                log.warning("run.recovered", action=decided.action, worker=worker)
             else:
-                requeue = await self._mark_requeued(obj, v, worker)
+                moved = await self._mark_requeued(v, decided)
+                requeued = None if moved is None else (moved, decided)
         finally:
-            await self._release(keys=[lease], args=[self._claim])
-        if requeue is not None:
+            await self._release_lease(v.uid)
+        if requeued is not None:
             # Published only after the claim is released: the new attempt's worker must be
             # able to take the lease. The resource already says attempt + 1, so a late
             # redelivery of the old attempt is dropped as stale.
-            await self._publish(requeue)
-            text = f"worker lost on attempt {v.attempt}; re-queued as attempt {v.attempt + 1} of {v.max_attempts}"
-            await eventing.warn(self._api, requeue, reason="WorkerLost", message=text)
-            metrics.RECOVERIES.labels("WorkerLost", "requeued").inc()
-            log.warning("run.recovered", action="requeued", new_attempt=v.attempt + 1)
+            moved, decided = requeued
+            await self._publish(moved)
+            await eventing.warn(self._api, dict(moved.raw), reason=reasons.Reason.WORKER_LOST, message=decided.event)
+            metrics.RECOVERIES.labels(reasons.Reason.WORKER_LOST, "requeued").inc()
+            log.warning("run.recovered", action="requeued", new_attempt=decided.attempt)
 
-    async def _mark_requeued(self, obj: dict[str, Any], v: RunView, worker: str) -> dict[str, Any] | None:
-        text = f"worker {worker} lost on attempt {v.attempt}; re-queued as attempt {v.attempt + 1}"
-        return await kube.transition(
-            self._api, v.namespace, v.name, phases.Phase.QUEUED, attempt=v.attempt + 1, uid=v.uid,
+    async def _mark_requeued(self, v: decisions.RunView, decided: decisions.Requeue) -> views.AgentRun | None:
+        moved = await kube.transition(
+            self._api, v.namespace, v.name, phases.Phase.QUEUED, attempt=decided.attempt, uid=v.uid,
             fields={
                 "queuedAt": kube.now_precise(),
-                "reason": "WorkerLost",
-                "message": text,
+                "reason": reasons.Reason.WORKER_LOST,
+                "message": decided.message,
                 "workerInstance": None,
                 "startedAt": None,
                 "lastHeartbeatTime": None,
             },
-            condition=("Dispatched", "True", "Requeued", text),
+            condition=("Dispatched", "True", reasons.Reason.REQUEUED, decided.message),
         )
+        return None if moved is None else views.AgentRun(moved)
 
-    async def _publish(self, obj: dict[str, Any]) -> str:
-        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        queue = message.queue_name(meta["namespace"], spec.get("workerPool", "default"))
-        spec = await workflows.resolve_for_republish(self._api, meta["namespace"], dict(spec))
-        return await dispatching.publish(
-            self._broker, queue, uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
-            generation=int(meta.get("generation") or 1), attempt=int(status["attempt"]),
-            thread_id=status.get("threadId") or spec.get("threadId") or meta["uid"],
-            queued_at=status.get("queuedAt") or kube.now_precise(), spec=dict(spec),
-        )
+    async def _publish(self, run: views.AgentRun) -> str:
+        spec = await workflows.resolve_for_republish(self._api, run.namespace, dict(run.spec.raw))
+        payload = message.for_run(run, attempt=run.status.attempt,
+                                  queued_at=run.status.queued_at or kube.now_precise(), spec=spec)
+        return await dispatching.publish(self._broker, message.queue_of(run), payload)
 
     # -- lost messages --------------------------------------------------------------------------
 
-    async def republish(self, v: RunView) -> None:
+    async def republish(self, v: decisions.RunView) -> None:
         """Publish a long-``Queued`` run's message again: same attempt, same message id."""
-        obj = await self._get(v)
-        status = (obj or {}).get("status") or {}
-        if obj is None or status.get("phase") != phases.Phase.QUEUED or int(status.get("attempt") or 0) != v.attempt:
+        run = await self._get(v)
+        if run is None or not run.runs_attempt(v.uid, v.attempt, frozenset({phases.Phase.QUEUED})):
             return
         self._republished[(v.uid, v.attempt)] = time.time()
         if await self._redis.exists(keys.waiting(v.uid)):  # waiting for its thread: a worker polls it
             return
-        message_id = await self._publish(obj)
+        message_id = await self._publish(run)
         text = (f"no worker took attempt {v.attempt} within {self._op.queued_timeout_seconds:g}s; "
                 "its message was published again")
-        await eventing.warn(self._api, obj, reason="Republished", message=text)
-        metrics.RECOVERIES.labels("MessageLost", "republished").inc()
+        await eventing.warn(self._api, dict(run.raw), reason=reasons.Reason.REPUBLISHED, message=text)
+        metrics.RECOVERIES.labels(reasons.Reason.MESSAGE_LOST, "republished").inc()
         logger.warning("run.republished", run_id=v.uid, namespace=v.namespace, name=v.name,
                        attempt=v.attempt, message_id=message_id)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def expire(self, v: RunView, *, pool_deleted: bool = False) -> None:
+    async def expire(self, v: decisions.RunView, *, pool_deleted: bool = False) -> None:
         """A run that never started within ``timeoutSeconds`` ends ``Failed``/``DeadlineExceeded``
         (or ``Failed``/``PoolDeleted`` when its pool is gone).
 
         The lease is claimed first so that no worker starts it while it is being ended; a
         worker that gets its message later finds it terminal and drops it.
         """
-        lease = keys.lease(v.uid)
-        if not await self._redis.set(lease, self._claim, nx=True, px=int(self._op.requeue_claim_seconds * 1000)):
+        if not await self._claim_lease(v.uid):
             return  # a worker is starting it right now: its own deadline applies
         try:
-            obj = await self._get(v)
-            status = (obj or {}).get("status") or {}
-            if obj is None or status.get("phase") not in (phases.Phase.PENDING, phases.Phase.QUEUED):
+            run = await self._get(v)
+            if run is None or not phases.is_unstarted(run.status.phase):
                 return
-            if pool_deleted:
-                reason = "PoolDeleted"
-                text = (f"WorkerPool {v.pool} was deleted while the run waited in its queue; "
-                        "create the pool again and re-submit the run")
-            else:
-                reason = "DeadlineExceeded"
-                text = f"no worker started the run within timeoutSeconds={v.timeout_seconds}"
-            await self.finish(obj, phases.Phase.FAILED, reason, text, attempt=int(status.get("attempt") or v.attempt))
-            metrics.RECOVERIES.labels(reason, "failed").inc()
-            logger.warning("run.expired", reason=reason, run_id=v.uid, namespace=v.namespace, name=v.name,
+            decided = decisions.expiry(v, pool_deleted=pool_deleted)
+            await self.finish(run, decided.phase, decided.reason, decided.message,
+                              attempt=run.status.attempt or v.attempt)
+            metrics.RECOVERIES.labels(*decided.metric).inc()
+            logger.warning("run.expired", reason=decided.reason, run_id=v.uid, namespace=v.namespace, name=v.name,
                            pool=v.pool)
         finally:
-            await self._release(keys=[lease], args=[self._claim])
+            await self._release_lease(v.uid)
 
-    async def delete(self, v: RunView) -> None:
+    async def delete(self, v: decisions.RunView) -> None:
         """Delete a finished run whose ``ttlSecondsAfterFinished`` has passed."""
         if await self._get(v) is None:
             return  # gone already, or replaced by a new object of the same name
@@ -386,43 +309,20 @@ class Scanner:
 
     # -- ending a run the operator's way --------------------------------------------------------
 
-    async def finish(self, obj: dict[str, Any], phase: phases.Phase, reason: str, text: str, *, attempt: int) -> bool:
-        """End a run no worker will end: database, resource, terminal stream event, Event.
-
-        The same order as a worker's: a reader that sees the terminal event can trust the
-        resource, and the database (the record that outlives Redis) is written first.
-        """
-        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
-        thread_id = status.get("threadId") or spec.get("threadId") or uid
-        if self._db is not None:
-            await self._db.ensure_thread(thread_id, namespace=namespace)
-            await self._db.upsert_run(store.RunRecord(
-                id=uid, namespace=namespace, name=name, thread_id=thread_id, status=str(phases.Phase.QUEUED),
-                attempt=attempt, queued_at=_datetime(status.get("queuedAt")),
-            ))
-            await self._db.transition(uid, str(phase), attempt=attempt, reason=reason, error=text,
-                                      finished_at=datetime.datetime.now(datetime.UTC))
-        eventing.ended_here(uid)  # its Event is posted below, not again by the watch
-        moved = await kube.transition(
-            self._api, namespace, name, phase, attempt=attempt, uid=uid,
-            fields={"reason": reason, "message": text, "finishedAt": kube.now_precise()},
-            condition=("Complete", "False", reason, text),
+    async def finish(self, run: views.AgentRun, phase: phases.Phase, reason: reasons.Reason, text: str, *,
+                     attempt: int) -> bool:
+        """End a run no worker will end (:func:`agentrun.ending.finish`: database, resource,
+        terminal stream event), then post its Event."""
+        eventing.ended_here(run.uid)  # its Event is posted below, not again by the watch
+        moved = await ending.finish(
+            ending.RunRef(uid=run.uid, namespace=run.namespace, name=run.name, attempt=attempt,
+                          thread_id=run.thread_id),
+            ending.Ending(phase=phase, reason=reason, message=text),
+            api=self._api, db=self._db, redis=self._redis, key_ttl_seconds=self._settings.key_ttl_seconds,
+            writer=streams.StreamWriter(self._redis, run.uid, maxlen=self._settings.stream_maxlen),
+            record=dispatching.record_of(run, attempt),
         )
         if moved is None:
             return False
-        writer = streams.StreamWriter(self._redis, uid, maxlen=self._settings.stream_maxlen)
-        writer.emit({"type": streams.STATUS, "status": str(phase).lower(), "reason": reason, "message": text,
-                     "attempt": attempt})
-        await writer.flush()
-        pipe = self._redis.pipeline(transaction=False)
-        for key in (keys.stream(uid), keys.stop(uid)):
-            pipe.expire(key, self._settings.key_ttl_seconds)
-        await pipe.execute()
         await eventing.warn(self._api, moved, reason=reason, message=text)
         return True
-
-
-def _datetime(value: str | None) -> datetime.datetime | None:
-    stamp = timestamp(value)
-    return None if stamp is None else datetime.datetime.fromtimestamp(stamp, datetime.UTC)

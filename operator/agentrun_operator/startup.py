@@ -1,12 +1,14 @@
 """Operator start-up and clean-up: settings, kopf configuration and clients in ``memo``.
 
-kopf calls these before any resource handler. ``memo.config`` (settings), ``memo.operator_config``
-(the operator's own settings), ``memo.broker`` (Dramatiq broker; publishing blocks, so callers
-use a thread), ``memo.redis`` (stop requests, lease checks), ``memo.api`` (lightkube client for
-compare-and-swap status writes), ``memo.store`` (the database, for runs the operator ends
-itself), ``memo.metrics_server`` (``/metrics``), and the two background tasks cancelled on
-clean-up: ``memo.scan_task``, the recovery scan (:mod:`agentrun_operator.scanning`), and
-``memo.autoscale_task``, the WorkerPool autoscaler (:mod:`agentrun_operator.scaling`).
+kopf calls these before any resource handler. The operator's state is one typed
+:class:`agentrun_operator.memos.Memo` in kopf's ``memo`` (handlers read it with
+``memos.of(memo)``): ``config`` (settings), ``operator_config`` (the operator's own settings),
+``broker`` (Dramatiq broker; publishing blocks, so callers use a thread), ``redis`` (stop
+requests, lease checks), ``api`` (lightkube client for compare-and-swap status writes),
+``store`` (the database, for runs the operator ends itself), ``metrics_server``
+(``/metrics``), and the two background tasks cancelled on clean-up: ``scan_task``, the
+recovery scan (:mod:`agentrun_operator.scanning`), and ``autoscale_task``, the WorkerPool
+autoscaler (:mod:`agentrun_operator.scaling`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import structlog
 
 from agentrun import broker, kube, log, store
 from agentrun import settings as agentrun_settings
-from agentrun_operator import brokerstats, metrics, scaling, scanning
+from agentrun_operator import brokerstats, decisions, memos, metrics, scaling, scanning
 from agentrun_operator import config as operator_config
 
 logger = structlog.get_logger(__name__)
@@ -51,46 +53,47 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
-    run_views: kopf.Index[str, scanning.RunView] = kwargs["run_views"]
+    run_views: kopf.Index[str, decisions.RunView] = kwargs["run_views"]
     run_phases: kopf.Index[tuple[str, str, str], str] = kwargs["run_phases"]
     pool_specs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pool_specs"]
     pool_deployments: kopf.Index[tuple[str, str], tuple[int, int, int]] = kwargs["pool_deployments"]
-    config = getattr(memo, "config", None) or agentrun_settings.load()
-    if not getattr(memo, "broker_shared", False):
+    given = memos.inputs(memo)
+    config = given.config or agentrun_settings.load()
+    if not given.broker_shared:
         log.configure(config.log_level, config.log_format)
     configure_kopf(settings)
-    memo.config = config
-    if getattr(memo, "broker", None) is None:
-        memo.broker = broker.make_broker(config)
-    memo.redis = aioredis.Redis.from_url(config.redis_url) if config.redis_url else None
-    memo.api = kube.client(user_agent="agentrun-operator")
-    memo.operator_config = getattr(memo, "operator_config", None) or operator_config.load()
-    memo.store = None
+    db = None
     if store.configured(config):
-        memo.store = store.from_settings(config)
-        await memo.store.connect()
-    memo.metrics_server = None
-    if memo.operator_config.metrics_port:
-        memo.metrics_server = metrics.serve(memo.operator_config.metrics_port, run_phases)
-    memo.broker_stats = None
-    if memo.operator_config.rabbitmq_management_url:
-        memo.broker_stats = brokerstats.BrokerStats(
-            memo.operator_config.rabbitmq_management_url, config.broker_url,
-            interval_seconds=memo.operator_config.broker_stats_interval_seconds)
-    autoscaler = scaling.Autoscaler(api=memo.api, pools=pool_specs, run_phases=run_phases,
-                                    pool_deployments=pool_deployments, op=memo.operator_config,
-                                    pool_pods=kwargs["pool_pods"], run_pods=kwargs["run_pods"],
-                                    broker_stats=memo.broker_stats)
-    memo.autoscaler = autoscaler
-    memo.autoscale_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="agentrun-autoscale")
-    memo.scan_task = None
-    if memo.redis is not None:
+        db = store.from_settings(config)
+        await db.connect()
+    state = memos.Memo(
+        config=config,
+        operator_config=given.operator_config or operator_config.load(),
+        broker=given.broker or broker.make_broker(config),
+        broker_shared=given.broker_shared,
+        api=kube.client(user_agent="agentrun-operator"),
+        redis=aioredis.Redis.from_url(config.redis_url) if config.redis_url else None,
+        store=db,
+    )
+    memos.install(memo, state)
+    op = state.operator_config
+    if op.metrics_port:
+        state.metrics_server = metrics.serve(op.metrics_port, run_phases)
+    if op.rabbitmq_management_url:
+        state.broker_stats = brokerstats.BrokerStats(op.rabbitmq_management_url, config.broker_url,
+                                                     interval_seconds=op.broker_stats_interval_seconds)
+    state.autoscaler = scaling.Autoscaler(api=state.api, pools=pool_specs, run_phases=run_phases,
+                                          pool_deployments=pool_deployments, op=op,
+                                          pool_pods=kwargs["pool_pods"], run_pods=kwargs["run_pods"],
+                                          broker_stats=state.broker_stats)
+    loop = asyncio.get_running_loop()
+    state.autoscale_task = loop.create_task(state.autoscaler.run_forever(), name="agentrun-autoscale")
+    if state.redis is not None:
         scanner = scanning.Scanner(
-            runs=run_views, pools=kwargs["pool_queues"], api=memo.api, redis=memo.redis,
-            dramatiq_broker=memo.broker, db=memo.store,
-            settings=config, op=memo.operator_config,
+            runs=run_views, pools=kwargs["pool_queues"], api=state.api, redis=state.redis,
+            dramatiq_broker=state.broker, db=state.store, settings=config, op=op,
         )
-        memo.scan_task = asyncio.get_running_loop().create_task(scanner.run_forever(), name="agentrun-scan")
+        state.scan_task = loop.create_task(scanner.run_forever(), name="agentrun-scan")
     else:
         logger.warning("operator.no_scan", why="no Redis configured (AGENTRUN_REDIS_URL): lost workers go unnoticed")
     metrics.LEADER.set(1)
@@ -98,30 +101,30 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         "operator.started",
         broker=log.redact_url(config.broker_url) or "stub",
         redis=log.redact_url(config.redis_url),
-        scan_interval_seconds=memo.operator_config.scan_interval_seconds,
-        metrics_port=memo.operator_config.metrics_port or None,
+        scan_interval_seconds=op.scan_interval_seconds,
+        metrics_port=op.metrics_port or None,
     )
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     metrics.LEADER.set(0)
-    for name in ("scan_task", "autoscale_task"):
-        task = getattr(memo, name, None)
+    state = memos.find(memo)
+    if state is None:
+        return
+    for task in (state.scan_task, state.autoscale_task):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    if getattr(memo, "broker_stats", None) is not None:
-        await memo.broker_stats.close()
-    if getattr(memo, "metrics_server", None) is not None:
-        memo.metrics_server.close()
-    if getattr(memo, "store", None) is not None:
-        await memo.store.close()
-    if getattr(memo, "redis", None) is not None:
-        await memo.redis.aclose()
-    if getattr(memo, "api", None) is not None:
-        await memo.api.close()
-    if getattr(memo, "broker", None) is not None and not getattr(memo, "broker_shared", False):
-        memo.broker.close()
-
+    if state.broker_stats is not None:
+        await state.broker_stats.close()
+    if state.metrics_server is not None:
+        state.metrics_server.close()
+    if state.store is not None:
+        await state.store.close()
+    if state.redis is not None:
+        await state.redis.aclose()
+    await state.api.close()
+    if not state.broker_shared:
+        state.broker.close()

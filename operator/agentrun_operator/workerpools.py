@@ -18,8 +18,8 @@ import kopf
 import lightkube
 import lightkube.resources.apps_v1
 
-from agentrun import kube, message
-from agentrun_operator import autoscalers, config, deployments, metrics, owned
+from agentrun import kube, message, views
+from agentrun_operator import autoscalers, config, deployments, memos, metrics, owned
 
 RESOURCE = ("agentrun.io", "v1alpha1", "workerpools")
 Deployment = lightkube.resources.apps_v1.Deployment
@@ -69,10 +69,11 @@ async def reconcile_pool(
     *, body: kopf.Body, namespace: str | None, name: str, meta: kopf.Meta, patch: kopf.Patch, memo: Any, **_: Any
 ) -> None:
     assert namespace is not None
+    state = memos.of(memo)
     patch.status["queue"] = message.queue_name(namespace, name)
     patch.status["observedGeneration"] = meta.get("generation")
     try:
-        reason, text = await ensure_deployment(memo.api, dict(body), memo.operator_config)
+        reason, text = await ensure_deployment(state.api, dict(body), state.operator_config)
     except Exception:
         metrics.RECONCILE_ERRORS.labels("workerpool").inc()
         raise
@@ -86,7 +87,7 @@ async def reconcile_pool(
     else:
         kopf.info(body, reason=reason, message=text)
     try:
-        reason, text = await autoscalers.ensure(memo.api, dict(body), memo.operator_config)
+        reason, text = await autoscalers.ensure(state.api, dict(body), state.operator_config)
         status = "False" if reason.endswith("Conflict") else "True"
     except autoscalers.AutoscalerUnavailable as exc:
         reason, text, status = "AutoscalerUnavailable", str(exc), "False"
@@ -105,9 +106,8 @@ async def ensure_deployment(
     api: lightkube.AsyncClient, pool: dict[str, Any], settings: config.OperatorSettings
 ) -> tuple[str, str]:
     """Create the pool's Deployment if absent, else patch it if the pool owns it; (reason, message)."""
-    meta, spec = pool["metadata"], pool.get("spec") or {}
-    mode = (spec.get("autoscaling") or {}).get("mode", "operator")
-    initial = int(spec.get("minReplicas", 1)) if mode == "operator" else None
+    meta, spec = pool["metadata"], views.PoolSpec(pool.get("spec"))
+    initial = spec.min_replicas if spec.autoscaling_mode == "operator" else None
     manifest = deployments.deployment_for(pool, settings, replicas=initial)
     # The replica count belongs to the autoscaler (or the HPA / KEDA): never reset it here.
     spec_patch = {k: v for k, v in manifest["spec"].items() if k not in ("replicas", "selector")}

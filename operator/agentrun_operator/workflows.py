@@ -18,7 +18,7 @@ from typing import Any
 import lightkube
 import structlog
 
-from agentrun import kube, templates
+from agentrun import kube, reasons, templates
 
 logger = structlog.get_logger(__name__)
 
@@ -29,13 +29,13 @@ RESOLVED = "workflow"
 class WorkflowMissing(Exception):
     """The run names an AgentWorkflow that does not exist (yet)."""
 
-    reason = "WorkflowNotFound"
+    reason = reasons.Reason.WORKFLOW_NOT_FOUND
 
 
 class WorkflowInvalid(Exception):
     """The AgentWorkflow exists but a step's prompt refers to a step it cannot use."""
 
-    reason = "WorkflowInvalid"
+    reason = reasons.Reason.WORKFLOW_INVALID
 
 
 async def resolve(api: lightkube.AsyncClient, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:

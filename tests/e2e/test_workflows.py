@@ -121,7 +121,7 @@ def test_a_failing_step_fails_the_run_naming_the_step(bed: harness.Bed, operator
     status = bed.wait_phase(namespace, "flaky", "Succeeded", "Failed", "Stopped")["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "StepFailed"), status
     assert status["message"] == 'step "two" (2 of 3) failed: ModelError: model overloaded'
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert step_events(events) == [("one", "started"), ("one", "completed"), ("two", "started"), ("two", "failed")]
     failed = next(e for e in events if e["type"] == "step" and e["status"] == "failed")
     assert (failed["reason"], failed["message"]) == ("ModelError", "model overloaded")
@@ -194,7 +194,7 @@ def test_ask_in_a_step_ends_the_run_waiting_for_the_user(
     # Then the run succeeds AskedUser with the question, as an agent run that asks
     status = bed.wait_phase(namespace, "asks", "Succeeded", "Failed", "Stopped")["status"]
     assert (status["phase"], status["reason"], status["result"]) == ("Succeeded", "AskedUser", "Which language?")
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert step_events(events) == [("draft", "started"), ("draft", "completed"), ("translate", "started"),
                                    ("translate", "completed")]
     asked = [e for e in events if e["type"] == "step" and e["status"] == "completed"][-1]
@@ -332,7 +332,7 @@ def test_a_workflow_handed_back_at_shutdown_resumes_after_its_completed_steps(
     assert status["result"] == "You said: after You said: agentrun"
     assert status["iterations"] == 1 + len(TURNS) + 1
     assert '"workflow.resumed"' in second.output()
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert [(e["step"], e["run"], e["status"]) for e in events if e["type"] == "step"] == [
         ("one", 1, "started"), ("one", 1, "completed"), ("two", 1, "started"),
         ("two", 2, "started"), ("two", 2, "completed"), ("three", 1, "started"), ("three", 1, "completed")]
@@ -365,7 +365,7 @@ def test_workflow_steps_call_the_mcp_tools_of_the_workflow_s_agent(
     status = bed.wait_phase(namespace, "tools", "Succeeded", "Failed", "Stopped")["status"]
     # Then both steps called their MCP tool and saw the result
     assert (status["phase"], status["reason"]) == ("Succeeded", "Completed"), status
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     results = [(e["step"], e["name"], bool(e.get("error"))) for e in events if e["type"] == streams.TOOL_RESULT]
     assert results == [("sum", "testkit__add", False), ("say", "testkit__echo", False)], results
     assert status["result"] == "said=echo: hi", status["result"]

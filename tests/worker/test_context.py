@@ -88,7 +88,7 @@ def test_the_reserve_for_the_reply_is_a_quarter_of_the_window_at_most_16k() -> N
 
 async def test_the_history_of_a_long_thread_is_read_whole_page_by_page(tmp_path: Any) -> None:
     # Given a thread of more messages than one page of the store holds
-    from agentrun_worker import execution
+    from agentrun_worker import history
 
     from agentrun import store
 
@@ -100,7 +100,7 @@ async def test_the_history_of_a_long_thread_is_read_whole_page_by_page(tmp_path:
         for i in range(7):
             await db.add_message("t", "user", f"m{i}", message_id=f"m{i}")
         # When the worker reads the history in pages of three
-        messages = await execution._thread_messages(db, "t", page=3)
+        messages = await history.thread_messages(db, "t", page=3)
         # Then it has every message, the latest included, in order
         assert [m.content for m in messages] == [f"m{i}" for i in range(7)]
     finally:

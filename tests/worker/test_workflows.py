@@ -231,3 +231,19 @@ async def test_in_the_agent_executor_a_step_that_does_not_complete_is_an_error_a
                                                "its last reply: a")
     assert executor.outputs == {}
     assert (await executor.call_step('{"step": "next"}')).content.startswith("error: cannot run step 'next' yet")
+
+
+async def test_a_workflow_reads_the_whole_thread_page_by_page(client: aioredis.Redis, db: store.Store) -> None:
+    # Given a thread longer than one page of the store (1,000 messages)
+    uid = str(uuid.uuid4())
+    await db.ensure_thread(uid, namespace="ns")
+    earlier = str(uuid.uuid4())
+    for i in range(1005):
+        await db.add_message(uid, "user", f"m{i}", run_id=earlier, message_id=f"{earlier}/{i}")
+    # When a workflow run starts on it
+    executor, _, _ = await start(client, db, {"agent": {"model": "scripted"},
+                                              "steps": [{"name": "one", "prompt": "{{input}}"}]}, uid=uid)
+    # Then its steps see every message, the latest included, as a plain agent run would
+    history = executor._ctx.history
+    assert len(history) == 1005
+    assert history[-1] == {"role": "user", "content": "m1004"}

@@ -17,37 +17,24 @@ The run, each model call and each tool call are traced through ``tracing``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import structlog
 
-from agentrun import store, streams
+from agentrun import reasons, store, streams
 from agentrun_worker import context, tools, tracing
+from agentrun_worker import outcome as run_outcome
 from agentrun_worker.providers import base
 
 logger = structlog.get_logger(__name__)
 
 
-@dataclasses.dataclass
-class Outcome:
-    result: str
-    iterations: int
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reason: str = "Completed"  # Completed | AskedUser | MaxIterationsReached (BudgetExceeded is raised)
-
-    @property
-    def usage(self) -> dict[str, int]:
-        return {
-            "inputTokens": self.input_tokens,
-            "outputTokens": self.output_tokens,
-            "totalTokens": self.input_tokens + self.output_tokens,
-        }
+Outcome = run_outcome.Outcome
+"""What the loop counted (its home is ``outcome``, which ``tracing`` reads without this module)."""
 
 
 class BudgetExceeded(Exception):
-    reason = "BudgetExceeded"
+    reason = reasons.Reason.BUDGET_EXCEEDED
 
 
 class AgentLoop:
@@ -89,24 +76,27 @@ class AgentLoop:
         self._agent = agent
         self._first_iteration = completed_turns + 1
         self._turn_prefix = turn_prefix
-        self.outcome = Outcome(result=last_result, iterations=completed_turns)
+        self.outcome = run_outcome.Outcome(result=last_result, iterations=completed_turns)
 
-    async def run(self) -> Outcome:
+    async def run(self) -> run_outcome.Outcome:
         user = next((m.get("content") for m in reversed(self._messages) if m.get("role") == "user"), None)
         with tracing.invoke_agent(self._agent, run_id=self._run_id, thread_id=self._thread_id,
                                   user_input=user) as trace:
             trace.finished(await self._turns())
         return self.outcome
 
-    async def _turns(self) -> Outcome:
-        outcome = self.outcome
+    async def _turns(self) -> run_outcome.Outcome:
+        counted = self.outcome
         for iteration in range(self._first_iteration, self._max_iterations + 1):
-            used = outcome.input_tokens + outcome.output_tokens
+            used = counted.input_tokens + counted.output_tokens
             if self._max_tokens is not None and used >= self._max_tokens:
                 raise BudgetExceeded(f"the run used {used} tokens of its budget maxTokens={self._max_tokens}")
-            outcome.iterations = iteration
+            counted.iterations = iteration
 
-            def on_delta(chunk: str, iteration: int = iteration) -> None:
+            streamed: list[str] = []
+
+            def on_delta(chunk: str, iteration: int = iteration, streamed: list[str] = streamed) -> None:
+                streamed.append(chunk)
                 self._writer.emit({"type": streams.ASSISTANT, "delta": chunk, "iteration": iteration})
 
             schemas = self._registry.schemas() or None
@@ -115,13 +105,20 @@ class AgentLoop:
                 prompt, dropped = context.fit(self._messages, self._window, tools=schemas)
                 if dropped:
                     logger.info("context.trimmed", iteration=iteration, dropped=dropped, kept=len(prompt))
-            with tracing.chat(prompt, iteration=iteration) as chat:
-                turn = await self._provider.turn(prompt, iteration=iteration, on_delta=chat.watch(on_delta),
-                                                 tools=schemas)
-                chat.finished(turn)
-            outcome.input_tokens += turn.input_tokens
-            outcome.output_tokens += turn.output_tokens
-            outcome.result = turn.text
+            try:
+                with tracing.chat(prompt, iteration=iteration) as chat:
+                    turn = await self._provider.turn(prompt, iteration=iteration, on_delta=chat.watch(on_delta),
+                                                     tools=schemas)
+                    chat.finished(turn)
+            except BaseException:
+                if streamed:  # cut short (stop, deadline, error mid-answer): what it streamed still counts
+                    input_tokens, output_tokens = self._provider.partial_usage(prompt, "".join(streamed))
+                    counted.input_tokens += input_tokens
+                    counted.output_tokens += output_tokens
+                raise
+            counted.input_tokens += turn.input_tokens
+            counted.output_tokens += turn.output_tokens
+            counted.result = turn.text
             message: dict[str, Any] = {"role": "assistant", "content": turn.text}
             if turn.tool_calls:
                 message["tool_calls"] = [
@@ -139,16 +136,16 @@ class AgentLoop:
                 await self._db.add_message(self._thread_id, "tool", {k: v for k, v in result.items() if k != "role"},
                                            run_id=self._run_id, message_id=f"{turn_id}/tool/{index}")
             if ended is not None:
-                outcome.reason = ended
-                return outcome
+                counted.reason = ended
+                return counted
             if turn.finish == "complete":
-                outcome.reason = "Completed"
-                return outcome
+                counted.reason = reasons.Reason.COMPLETED
+                return counted
             if turn.finish == "ask":
-                outcome.reason = "AskedUser"
-                return outcome
-        outcome.reason = "MaxIterationsReached"
-        return outcome
+                counted.reason = reasons.Reason.ASKED_USER
+                return counted
+        counted.reason = reasons.Reason.MAX_ITERATIONS_REACHED
+        return counted
 
     async def _run_tools(self, turn: base.Turn, iteration: int) -> tuple[str | None, list[dict[str, Any]]]:
         """Run the turn's tool calls in order; the first that ends the run decides how."""

@@ -1,17 +1,20 @@
-"""The lifecycle of one run on a worker, from message to final state.
+"""The lifecycle of one run on a worker, from message to final state: the driver.
 
-Called by the ``execute_run`` actor. In order:
+Called by the ``execute_run`` actor. In order, each step done by a collaborator:
 
-1. Drop what must not run: a run that already ended (database or resource), a stale attempt,
-   a deleted resource, or a delivery whose lease another worker holds (duplicate).
-2. Hold the lease and renew it in the background (with a modest heartbeat on the resource).
-3. Subscribe to stop requests, then read the durable flag: a stop that came first ends the
-   run ``Stopped`` before the model is called.
-4. ``Running`` on the resource and in the database, then the agent loop with every event
-   streamed to Redis.
-5. The final state — ``Succeeded``, ``Failed`` (with reason and message: an exception is
-   never a success) or ``Stopped`` — in the database, then on the resource, then as the
-   terminal stream event; key TTLs set; the lease released.
+1. ``admission``: drop what must not run (a run that already ended, a stale attempt, a
+   deleted resource, a duplicate delivery whose lease another worker holds).
+2. ``keeping.Keeper``: hold the lease and renew it in the background, with the thread's
+   owner key and a modest heartbeat on the resource.
+3. ``stopping.StopWatch``: subscribe to stop requests, then read the durable flag: a stop that
+   came first ends the run ``Stopped`` before the model is called.
+4. ``threads``: own the conversation thread, wait for it, or end ``ThreadBusy``.
+5. ``inputs``: the user message. Then ``Running`` on the resource and in the database.
+6. ``runners``: the agent loop or the workflow executor (both over ``history``), driven here
+   until it ends, or a stop, the deadline, a lost lease or a hand-back ends it.
+7. ``agentrun.ending.finish``: the final state — ``Succeeded``, ``Failed`` (with reason and
+   message: an exception is never a success) or ``Stopped`` — in the database, then on the
+   resource, then as the terminal stream event; key TTLs set; then the lease released.
 
 A run whose lease is lost (Redis lost it, or this worker stalled past the TTL) stops
 writing at once: another worker may own it now. A run still executing when the worker's
@@ -24,77 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import enum
 from typing import Any
 
 import structlog
 
 from agentrun import broker as brokers
-from agentrun import control, keys, kube, message, phases, store, streams
+from agentrun import ending, kube, message, phases, reasons, settings, store, streams, timestamps, views
 from agentrun_worker import (
-    agent,
+    admission,
+    inputs,
+    keeping,
     leases,
     mcp,
     metrics,
-    providers,
+    runners,
     runtime,
     shutdown,
     stopping,
     threads,
-    tools,
-    workflows,
 )
-from agentrun_worker.providers import base as providers_base
+from agentrun_worker import outcome as run_outcome
 
 logger = structlog.get_logger(__name__)
-
-RESULT_MAX = 4096
-MESSAGE_MAX = 1024
-
-
-class End(enum.Enum):
-    DONE = "done"
-    STOPPED = "stopped"
-    LEASE_LOST = "lease_lost"
-
-
-class InputError(Exception):
-    reason = "InputNotFound"
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _history_message(record: store.MessageRecord) -> dict[str, Any]:
-    """A stored message as the model sees it: a dict content (a turn with tool calls, a tool
-    result) holds the message's fields; anything else is the text content."""
-    if isinstance(record.content, dict):
-        return {"role": record.role, **record.content}
-    return {"role": record.role, "content": record.content}
-
-
-async def _thread_messages(db: store.Store, thread_id: str, page: int = 1000) -> list[store.MessageRecord]:
-    """Every message of the thread, page by page: a long thread's latest turns matter most."""
-    messages: list[store.MessageRecord] = []
-    while True:
-        batch = await db.list_messages(thread_id, after_seq=messages[-1].seq if messages else 0, limit=page)
-        messages.extend(batch)
-        if len(batch) < page:
-            return messages
-
-
-def _truncate(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…"
 
 
 async def execute(raw: dict[str, Any]) -> None:
@@ -128,7 +82,10 @@ async def _hand_back(msg: message.RunMessage, delay_seconds: float | None = None
 
 
 class Execution:
-    def __init__(self, msg: message.RunMessage, clients: runtime.Clients, config: Any, *, received_at: str) -> None:
+    """One delivery of one run: its collaborators and the order in which they act."""
+
+    def __init__(self, msg: message.RunMessage, clients: runtime.Clients, config: settings.Settings, *,
+                 received_at: str) -> None:
         self.msg = msg
         self.received_at = received_at
         self.c = clients
@@ -137,117 +94,28 @@ class Execution:
         self.writer = streams.StreamWriter(
             clients.redis, msg.uid, maxlen=config.stream_maxlen, batch_max=config.stream_batch_max
         )
-        self.lease_lost = asyncio.Event()
-        self.iterations = 0
-        self.handed_back = False
-        self.waiting = False
         self.thread = threads.ThreadSlot(clients.redis, msg.thread_id, uid=msg.uid, namespace=msg.namespace,
                                          name=msg.name, ttl_seconds=config.lease_ttl_seconds)
-        self._recorded = False
         self.watch = stopping.StopWatch(clients.redis, msg.uid)
         """Started once the run is admitted; the resource's ``spec.stop`` is fed to it as well."""
+        self.keeper = keeping.Keeper(msg, clients, config, lease=self.lease, thread=self.thread, watch=self.watch,
+                                     iterations=lambda: None if self.runner is None else self.iterations)
         self.toolbox = mcp.Toolbox()  # the run's MCP servers, closed when the run ends in any way
+        self.runner: runners.Runner | None = None
+        """What is being driven, once there is one: its live outcome is the run's so far."""
+        self.handed_back = False
+        self.waiting = False
+        self._recorded = False
 
-    # -- 1. admission -------------------------------------------------------------------------
-
-    async def _admit(self) -> bool:
-        msg = self.msg
-        record = await self.c.store.get_run(msg.uid)
-        if record is not None and phases.is_terminal(record.status):
-            logger.info("run.skipped", why="already ended", phase=record.status)
-            return False
-        if not await self.lease.acquire():
-            logger.info("run.skipped", why="duplicate delivery: lease held", holder=await self.lease.holder())
-            return False
-        try:
-            obj = kube.to_dict(await self.c.api.get(kube.AgentRun, msg.name, namespace=msg.namespace))
-        except kube.ApiError as exc:
-            if kube.is_not_found(exc):
-                logger.info("run.skipped", why="AgentRun deleted")
-                await self.lease.release()
-                return False
-            await self.lease.release()
-            raise
-        status = obj.get("status") or {}
-        if obj["metadata"].get("uid") != msg.uid or phases.is_terminal(status.get("phase")):
-            logger.info("run.skipped", why="AgentRun replaced or ended", phase=status.get("phase"))
-            await self.lease.release()
-            return False
-        if int(status.get("attempt") or 0) > msg.attempt:
-            logger.info("run.skipped", why="stale attempt", current=status.get("attempt"))
-            await self.lease.release()
-            return False
-        if (obj.get("spec") or {}).get("stop"):  # its Redis flag erased by a restart, or never written
-            self.watch.request(stopping.STOP_REQUESTED)
-        return True
-
-    # -- 2. lease and heartbeat ---------------------------------------------------------------
-
-    async def _keep_lease(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_heartbeat = loop.time() + self.config.heartbeat_seconds
-        renewed_at = loop.time()
-        while True:
-            await asyncio.sleep(self.config.lease_renew_seconds)
-            try:
-                held = await leases.renew_or_reclaim(self.lease, self._still_ours)
-            except Exception as exc:  # Redis hiccup: try again at the next tick while the TTL covers it
-                if leases.expired_by_next_tick(loop.time() - renewed_at, self.config):
-                    logger.error("run.lease_lost", why="Redis unreachable as long as the lease lives", error=str(exc))
-                    self.lease_lost.set()
-                    return
-                logger.warning("run.lease_renew_failed", error=str(exc))
-                continue
-            if not held:
-                logger.error("run.lease_lost")
-                self.lease_lost.set()
-                return
-            renewed_at = loop.time()
-            try:
-                await self.thread.renew()  # the thread stays this run's while the run lives
-            except Exception as exc:  # noqa: BLE001  (a Redis hiccup: the next tick renews it)
-                logger.warning("run.thread_renew_failed", error=str(exc))
-            if loop.time() >= next_heartbeat:
-                next_heartbeat = loop.time() + self.config.heartbeat_seconds
-                await self._heartbeat()
-
-    async def _heartbeat(self) -> None:
-        """Write ``lastHeartbeatTime``; a run whose AgentRun is gone is stopped (``RunDeleted``),
-        and one whose AgentRun says ``spec.stop: true`` is stopped (``StopRequested``).
-
-        The operator turns a deletion or ``spec.stop`` into a stop request in Redis at once;
-        this catches what it missed (it was down, or Redis restarted and lost the flag), since
-        nothing else would end the run early.
-        """
-        try:
-            patched = await kube.patch_status(
-                self.c.api, self.msg.namespace, self.msg.name,
-                {"lastHeartbeatTime": kube.now(), "iterations": self.iterations},
-            )
-            if (patched.get("spec") or {}).get("stop") and patched["metadata"].get("uid") == self.msg.uid:
-                self.watch.request(stopping.STOP_REQUESTED)
-        except kube.ApiError as exc:
-            if kube.is_not_found(exc):
-                logger.warning("run.resource_deleted")
-                with contextlib.suppress(Exception):
-                    await control.request_stop(self.c.redis, self.msg.uid, ttl_seconds=self.config.key_ttl_seconds,
-                                               reason=stopping.RUN_DELETED)
-        except Exception as exc:  # the API server's hiccup is not the run's problem
-            logger.debug("run.heartbeat_failed", error=str(exc))
-
-    async def _still_ours(self) -> bool:
-        """The resource still runs this execution's attempt (see ``Lease.reclaim``)."""
-        obj = kube.to_dict(await self.c.api.get(kube.AgentRun, self.msg.name, namespace=self.msg.namespace))
-        status = obj.get("status") or {}
-        return (obj["metadata"].get("uid") == self.msg.uid and int(status.get("attempt") or 0) == self.msg.attempt
-                and status.get("phase") in (phases.Phase.RUNNING, phases.Phase.STOPPING))
-
-    # -- the whole run ------------------------------------------------------------------------
+    @property
+    def iterations(self) -> int:
+        """The iterations of the run so far (0 before its runner starts)."""
+        return self.runner.outcome.iterations if self.runner is not None else 0
 
     async def run(self) -> None:
-        if not await self._admit():
+        if not await admission.admit(self.msg, self.c, self.lease, self.watch):
             return
-        keeper = asyncio.get_running_loop().create_task(self._keep_lease())
+        self.keeper.start()
         try:
             await self.watch.start()
             if self.watch.requested.is_set():
@@ -256,107 +124,83 @@ class Execution:
             if not await self._take_thread():
                 return
             try:
-                user_input = await self._resolve_input()
-            except InputError as exc:
+                user_input = await inputs.resolve(self.c.api, self.msg.namespace, self.msg.spec)
+            except inputs.InputError as exc:
                 await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
                 return
             if not await self._start(user_input):
                 return
             metrics.run_started(self.config.queue)
             with metrics.in_flight(self.config.queue):
-                await self._execute(user_input)
+                try:
+                    runner = await runners.prepare(self.msg, user_input, writer=self.writer, db=self.c.store,
+                                                   settings=runtime.worker_config(), toolbox=self.toolbox,
+                                                   stop=self.watch.requested)
+                except runners.Refused as exc:
+                    await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
+                    return
+                except mcp.Interrupted:
+                    await self._finish_stopped()
+                    return
+                await self._drive(runner)
         finally:
             await self.toolbox.aclose()
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await self.keeper.stop()
             await self.watch.close()
-            if self.handed_back:
-                await self.lease.hand_back()
-                with contextlib.suppress(Exception):
-                    await self.thread.renew()  # the thread waits for the run's next delivery too
-            elif not self.lease_lost.is_set():
-                with contextlib.suppress(Exception):
-                    await self.thread.release()  # after the final state: the next run reads it all
-                with contextlib.suppress(Exception):
-                    await self.lease.release()
+            await self._let_go()
+
+    async def _let_go(self) -> None:
+        """Hand the lease and thread on: marked for the next delivery after a hand-back, released
+        after a final state, untouched when lost (another worker may hold them)."""
+        if self.handed_back:
+            await self.lease.hand_back()
+            with contextlib.suppress(Exception):
+                await self.thread.renew()  # the thread waits for the run's next delivery too
+        elif not self.keeper.lost.is_set():
+            with contextlib.suppress(Exception):
+                await self.thread.release()  # after the final state: the next run reads it all
+            with contextlib.suppress(Exception):
+                await self.lease.release()
 
     async def _take_thread(self) -> bool:
         """Own the run's thread, or wait for it, or end ``ThreadBusy`` (``spec.multitaskStrategy``)."""
-        spec = self.msg.spec
-        strategy = str(spec.get("multitaskStrategy") or threads.DEFAULT)
+        strategy = views.RunSpec(self.msg.spec).multitask_strategy or threads.DEFAULT
         if self.msg.attempt > 1:  # a run that started before is never rejected nor interrupts: it waits
             strategy = threads.ENQUEUE
-        admission = await threads.admit(
+        verdict = await threads.admit(
             self.thread, self.c.redis, strategy=strategy,
             queued_at=self.msg.queued_at, poll_seconds=runtime.worker_config().thread_poll_seconds,
         )
-        if admission.verdict is threads.Verdict.REJECT:
-            await self._finish(phases.Phase.FAILED, "ThreadBusy",
-                               f'thread "{self.msg.thread_id}" is busy with run {admission.busy_with} '
+        if verdict.verdict is threads.Verdict.REJECT:
+            await self._finish(phases.Phase.FAILED, reasons.Reason.THREAD_BUSY,
+                               f'thread "{self.msg.thread_id}" is busy with run {verdict.busy_with} '
                                "(multitaskStrategy: reject)")
-        elif admission.verdict is threads.Verdict.WAIT:
+        elif verdict.verdict is threads.Verdict.WAIT:
             self.waiting = True
-            if admission.first_wait:
-                self.writer.emit({"type": streams.STATUS, "status": "waiting", "reason": "ThreadBusy",
-                                  "message": f"waiting for run {admission.busy_with} on the same thread"})
+            if verdict.first_wait:
+                self.writer.emit({"type": streams.STATUS, "status": "waiting", "reason": reasons.Reason.THREAD_BUSY,
+                                  "message": f"waiting for run {verdict.busy_with} on the same thread"})
                 await self.writer.flush()
-        return admission.verdict is threads.Verdict.RUN
+        return verdict.verdict is threads.Verdict.RUN
 
-    async def _resolve_input(self) -> str | list[dict[str, Any]]:
-        """The user message: text, or content parts (``inputParts``: text and images)."""
-        spec = self.msg.spec
-        if spec.get("inputParts"):
-            return [dict(part) for part in spec["inputParts"]]
-        if "input" in spec:
-            return str(spec["input"])
-        ref = spec.get("inputFrom") or {}
-        import lightkube.resources.core_v1 as core
+    def _record(self) -> store.RunRecord:
+        """The run's row in the database: its identity, as queued."""
+        msg = self.msg
+        spec = views.RunSpec(msg.spec)
+        return store.RunRecord(
+            id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
+            status=str(phases.Phase.QUEUED), attempt=msg.attempt, queued_at=timestamps.parse(msg.queued_at),
+            metadata={"model": spec.model, "workflow": spec.workflow_name, "workerPool": spec.pool},
+        )
 
-        for field, resource in (("configMapKeyRef", core.ConfigMap), ("secretKeyRef", core.Secret)):
-            if field in ref:
-                name, key = ref[field]["name"], ref[field]["key"]
-                try:
-                    obj = await self.c.api.get(resource, name, namespace=self.msg.namespace)
-                except kube.ApiError as exc:
-                    if kube.is_not_found(exc):
-                        raise InputError(f'{resource.__name__} "{name}" not found') from exc
-                    raise
-                data = getattr(obj, "data", None) or {}
-                if key not in data:
-                    raise InputError(f'key "{key}" not found in {resource.__name__} "{name}"')
-                value = data[key]
-                if resource is core.Secret:
-                    import base64
-
-                    value = base64.b64decode(value).decode()
-                return str(value)
-        return ""
-
-    async def _record_run(self) -> None:
-        """The run's thread and row in the database (identity only), once per execution."""
-        if self._recorded:
-            return
+    async def _start(self, user_input: inputs.UserInput) -> bool:
+        """``Running`` in the database and on the resource, the input stored, the first event."""
         msg = self.msg
         await self.c.store.ensure_thread(msg.thread_id, namespace=msg.namespace)
-        await self.c.store.upsert_run(
-            store.RunRecord(
-                id=msg.uid, namespace=msg.namespace, name=msg.name, thread_id=msg.thread_id,
-                status=str(phases.Phase.QUEUED), attempt=msg.attempt,
-                queued_at=_parse_time(msg.queued_at),
-                metadata={"model": (msg.spec.get("agent") or {}).get("model"),
-                          "workflow": (msg.spec.get("workflowRef") or {}).get("name"),
-                          "workerPool": msg.spec.get("workerPool")},
-            )
-        )
+        await self.c.store.upsert_run(self._record())
         self._recorded = True
-
-    async def _start(self, user_input: str | list[dict[str, Any]]) -> bool:
-        msg = self.msg
-        started = _utcnow()
-        await self._record_run()
         await self.c.store.transition(
-            msg.uid, str(phases.Phase.RUNNING), attempt=msg.attempt, started_at=started,
+            msg.uid, str(phases.Phase.RUNNING), attempt=msg.attempt, started_at=timestamps.utcnow(),
             worker_instance=self.config.instance_id,
         )
         moved = await kube.transition(
@@ -366,7 +210,7 @@ class Execution:
                 "workerInstance": self.config.instance_id,
                 "lastHeartbeatTime": kube.now(),
             },
-            condition=("Running", "True", "Started", f"running on {self.config.instance_id}"),
+            condition=("Running", "True", reasons.Reason.STARTED, f"running on {self.config.instance_id}"),
         )
         if moved is None:
             logger.info("run.skipped", why="resource moved on before start")
@@ -379,62 +223,16 @@ class Execution:
         logger.info("run.started")
         return True
 
-    async def _execute(self, user_input: str | list[dict[str, Any]]) -> None:
+    async def _drive(self, runner: runners.Runner) -> None:
+        """Run ``runner`` until it ends, or a stop, the deadline, a lost lease or a hand-back ends it."""
         msg = self.msg
-        if workflows.is_workflow(msg.spec):
-            try:
-                # a workflow's templates take text: image parts reach its steps as their text parts only
-                text = user_input if isinstance(user_input, str) else "\n".join(
-                    str(part.get("text", "")) for part in user_input if part.get("type") == "text")
-                runner = await workflows.executor(msg, user_input=text, writer=self.writer, db=self.c.store,
-                                                  settings=runtime.worker_config(), toolbox=self.toolbox,
-                                                  stop=self.watch.requested)
-            except (workflows.Refused, mcp.ServerUnavailable) as exc:
-                await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
-                return
-            except mcp.Interrupted:
-                await self._finish_stopped()
-                return
-            await self._drive(runner)
-            return
-        agent_spec = msg.spec.get("agent") or {}
-        if not isinstance(user_input, str):  # the text of content parts, for the scripted echo
-            user_input = " ".join(str(p.get("text", "")) for p in user_input if p.get("type") == "text")
-        try:
-            provider = providers.for_agent(agent_spec, user_input, runtime.worker_config())
-            registry = await mcp.registry_for(agent_spec, runtime.worker_config(), self.toolbox, self.watch.requested)
-        except (providers_base.ProviderUnavailable, tools.ToolNotFound, mcp.ServerUnavailable) as exc:
-            await self._finish(phases.Phase.FAILED, exc.reason, str(exc))
-            return
-        except mcp.Interrupted:
-            await self._finish_stopped()
-            return
-        stored = [m for m in await _thread_messages(self.c.store, msg.thread_id)
-                  if m.role in ("user", "assistant", "tool")]
-        history = [_history_message(m) for m in stored]
-        # Turns this attempt already completed (a delivery handed back by a worker that shut
-        # down): the loop resumes after them instead of running them again.
-        own_turns = f"{msg.uid}/{msg.attempt}/"
-        resumed = [m for m in stored if m.role == "assistant" and m.id.startswith(own_turns)]
-        loop = agent.AgentLoop(
-            provider=provider, writer=self.writer, db=self.c.store, run_id=msg.uid, attempt=msg.attempt,
-            thread_id=msg.thread_id, agent=agent_spec, history=history,
-            completed_turns=len(resumed),
-            last_result=str(_history_message(resumed[-1]).get("content") or "") if resumed else "",
-            registry=registry,
-        )
-        if resumed:
-            logger.info("run.resumed", after_iteration=len(resumed))
-        await self._drive(loop)
-
-    async def _drive(self, loop: agent.AgentLoop | workflows.Executor) -> None:
-        """Run the loop until it ends, or a stop, the deadline, a lost lease or a hand-back ends it."""
-        msg = self.msg
-        task = asyncio.get_running_loop().create_task(loop.run())
-        stop_wait = asyncio.get_running_loop().create_task(self.watch.requested.wait())
-        lost_wait = asyncio.get_running_loop().create_task(self.lease_lost.wait())
-        handback_wait = asyncio.get_running_loop().create_task(shutdown.handback_requested().wait())
-        timeout = msg.spec.get("timeoutSeconds")
+        self.runner = runner
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(runner.run())
+        stop_wait = loop.create_task(self.watch.requested.wait())
+        lost_wait = loop.create_task(self.keeper.lost.wait())
+        handback_wait = loop.create_task(shutdown.handback_requested().wait())
+        timeout = views.RunSpec(msg.spec).timeout_seconds
         try:
             done, _ = await asyncio.wait(
                 {task, stop_wait, lost_wait, handback_wait},
@@ -445,94 +243,60 @@ class Execution:
             stop_wait.cancel()
             lost_wait.cancel()
             handback_wait.cancel()
-        self.iterations = loop.outcome.iterations
         if task not in done:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            self.iterations = loop.outcome.iterations
             if lost_wait in done:
                 logger.error("run.abandoned", why="lease lost: another worker may own this run")
-                return
-            if stop_wait in done:  # a stop wins over a hand-back: the user asked for the run to end
-                await self._finish_stopped(outcome=loop.outcome)
+            elif stop_wait in done:  # a stop wins over a hand-back: the user asked for the run to end
+                await self._finish_stopped(outcome=runner.outcome)
             elif handback_wait in done:
-                self.handed_back = True
-                await self.writer.flush()
-                self.writer.emit({"type": streams.STATUS, "status": "requeued", "reason": "WorkerShutdown",
-                                  "attempt": msg.attempt, "iterations": self.iterations})
-                await self.writer.flush()
+                await self._hand_back_in_flight()
             else:
-                await self._finish(phases.Phase.FAILED, "DeadlineExceeded",
-                                   f"the run exceeded timeoutSeconds={timeout}", outcome=loop.outcome)
+                await self._finish(phases.Phase.FAILED, reasons.Reason.DEADLINE_EXCEEDED,
+                                   f"the run exceeded timeoutSeconds={timeout}", outcome=runner.outcome)
             return
         error = task.exception()
         if error is not None:
-            reason = getattr(error, "reason", "AgentError")
+            reason = reasons.of(error)
             text = str(error) or type(error).__name__
             logger.warning("run.agent_failed", reason=reason, error=text, exc_info=error)
-            await self._finish(phases.Phase.FAILED, reason, text, outcome=loop.outcome)
+            await self._finish(phases.Phase.FAILED, reason, text, outcome=runner.outcome)
             return
-        outcome = task.result()
-        await self._finish(phases.Phase.SUCCEEDED, outcome.reason, "", outcome=outcome)
+        result = task.result()
+        await self._finish(phases.Phase.SUCCEEDED, result.reason, "", outcome=result)
 
-    # -- 5. the final state ---------------------------------------------------------------------
+    async def _hand_back_in_flight(self) -> None:
+        """The worker shuts down: no final state, a ``requeued`` event (see ``shutdown``)."""
+        self.handed_back = True
+        await self.writer.flush()
+        self.writer.emit({"type": streams.STATUS, "status": "requeued", "reason": reasons.Reason.WORKER_SHUTDOWN,
+                          "attempt": self.msg.attempt, "iterations": self.iterations})
+        await self.writer.flush()
 
-    async def _finish_stopped(self, when: str = "", *, outcome: agent.Outcome | None = None) -> None:
+    # -- the final state ------------------------------------------------------------------------
+
+    async def _finish_stopped(self, when: str = "", *, outcome: run_outcome.Outcome | None = None) -> None:
         """End the run ``Stopped`` for the reason its stop watch learned (``when``: appended to the text)."""
-        reason = self.watch.reason or stopping.STOP_REQUESTED
+        reason = self.watch.reason or reasons.Reason.STOP_REQUESTED
         await self._finish(phases.Phase.STOPPED, reason, stopping.explain(reason) + when, outcome=outcome)
 
-    async def _finish(
-        self,
-        phase: phases.Phase,
-        reason: str,
-        text: str,
-        *,
-        outcome: agent.Outcome | None = None,
-    ) -> None:
+    async def _finish(self, phase: phases.Phase, reason: str, text: str, *,
+                      outcome: run_outcome.Outcome | None = None) -> None:
         msg = self.msg
-        text = _truncate(text, MESSAGE_MAX) or ""
-        result = _truncate(outcome.result, RESULT_MAX) if outcome else None
-        usage = outcome.usage if outcome else {}
-        iterations = outcome.iterations if outcome else 0
-        await self.writer.flush()  # every event of the run is stored before it is declared over
-        await self._record_run()  # a run that ends before it started has no row yet
-        await self.c.store.transition(
-            msg.uid, str(phase), attempt=msg.attempt, reason=reason,
-            error=text if phase != phases.Phase.SUCCEEDED else None,
-            result=result, usage=usage, finished_at=_utcnow(), worker_instance=self.config.instance_id,
+        end = ending.Ending(
+            phase=phase, reason=reason, message=text, iterations=outcome.iterations if outcome else 0,
+            usage=outcome.usage if outcome else None, result=outcome.result if outcome else None,
         )
-        fields: dict[str, Any] = {
-            "reason": reason,
-            "message": text or None,
-            "finishedAt": kube.now_precise(),
-            "iterations": iterations,
-        }
-        if outcome is not None:
-            fields["usage"] = usage
-            fields["result"] = result
-        complete = "True" if phase == phases.Phase.SUCCEEDED else "False"
-        try:
-            await kube.transition(
-                self.c.api, msg.namespace, msg.name, phase, attempt=msg.attempt, uid=msg.uid,
-                fields=fields, condition=("Complete", complete, reason, text),
-            )
-        except kube.ApiError as exc:
-            if not kube.is_not_found(exc):
-                raise
-        self.writer.emit({
-            "type": streams.STATUS,
-            "status": str(phase).lower(),
-            "reason": reason,
-            "message": text,
-            "iterations": iterations,
-            "usage": usage,
-        })
-        await self.writer.flush()
-        pipe = self.c.redis.pipeline(transaction=False)
-        for key in (keys.stream(msg.uid), keys.stop(msg.uid)):
-            pipe.expire(key, self.config.key_ttl_seconds)
-        await pipe.execute()
-        logger.info("run.finished", phase=str(phase), reason=reason, iterations=iterations, events=self.writer.count)
-        metrics.run_finished(self.config.queue, str(phase), reason)
+        await ending.finish(
+            ending.RunRef(uid=msg.uid, namespace=msg.namespace, name=msg.name, attempt=msg.attempt,
+                          thread_id=msg.thread_id),
+            end, api=self.c.api, db=self.c.store, writer=self.writer, redis=self.c.redis,
+            key_ttl_seconds=self.config.key_ttl_seconds, worker_instance=self.config.instance_id,
+            record=None if self._recorded else self._record(),  # a run that ends before it started has no row yet
+        )
+        self._recorded = True
+        logger.info("run.finished", phase=str(phase), reason=str(reason), iterations=end.iterations,
+                    events=self.writer.count)
+        metrics.run_finished(self.config.queue, str(phase), str(reason))

@@ -43,6 +43,7 @@ import mcp_types
 import pydantic
 import structlog
 
+from agentrun import reasons
 from agentrun_worker import config, tools
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ _CLOSE_SECONDS = 10.0
 class ServerUnavailable(Exception):
     """A server the run needs could not be started, reached or configured: the run fails."""
 
-    reason = "MCPServerUnavailable"
+    reason = reasons.Reason.MCP_SERVER_UNAVAILABLE
 
 
 class Interrupted(Exception):

@@ -18,26 +18,15 @@ import contextlib
 import redis.asyncio as aioredis
 import structlog
 
-from agentrun import control, keys
+from agentrun import control, keys, reasons
 
 logger = structlog.get_logger(__name__)
 
-RUN_DELETED = "RunDeleted"
-"""The stop reason when the run's AgentRun was deleted while the run lived."""
-
-
-INTERRUPTED = "Interrupted"
-"""The stop reason when a new run on the same thread interrupted this one (``multitaskStrategy``)."""
-
-STOP_REQUESTED = "StopRequested"
-"""The stop reason of ``spec.stop: true`` (``agentrun stop``, the gateway, ``kubectl patch``)."""
-
-
 def explain(reason: str) -> str:
     """The status message of a run stopped for ``reason``."""
-    if reason == RUN_DELETED:
+    if reason == reasons.Reason.RUN_DELETED:
         return "stopped because its AgentRun was deleted"
-    if reason == INTERRUPTED:
+    if reason == reasons.Reason.INTERRUPTED:
         return "interrupted by a new run on its thread"
     return "stopped on request"
 
@@ -78,7 +67,7 @@ class StopWatch:
                     if item.get("type") == "message":
                         await self.check()
                         if not self.requested.is_set():  # a wake-up without the flag: honour it anyway
-                            self.reason = "StopRequested"
+                            self.reason = reasons.Reason.STOP_REQUESTED
                             self.requested.set()
                         return
                     delay = 0.1

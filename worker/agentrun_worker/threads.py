@@ -31,7 +31,6 @@ slot), no Lua, so it works on Redis Cluster and on the embedded Redis of ``agent
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import time
 from typing import Any
@@ -40,8 +39,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from agentrun import control, keys
-from agentrun_worker import stopping
+from agentrun import control, keys, reasons, timestamps
 
 logger = structlog.get_logger(__name__)
 
@@ -50,8 +48,6 @@ ENQUEUE = "enqueue"
 INTERRUPT = "interrupt"
 STRATEGIES = (REJECT, ENQUEUE, INTERRUPT)
 DEFAULT = ENQUEUE
-INTERRUPTED = stopping.INTERRUPTED
-"""The stop reason an interrupted run ends with (``status.reason``)."""
 
 _ATTEMPTS = 8  # WATCH conflicts in a row before a check gives up and treats the thread as busy
 LINE_TTL_SECONDS = 86_400
@@ -89,9 +85,8 @@ def describe(member: str) -> str:
 
 def order_of(queued_at: str | None) -> float:
     """The line's score of a run: when it was queued (seconds since the epoch)."""
-    if not queued_at:
-        return time.time()
-    return datetime.datetime.fromisoformat(queued_at.replace("Z", "+00:00")).timestamp()
+    stamp = timestamps.epoch(queued_at)
+    return time.time() if stamp is None else stamp
 
 
 class ThreadSlot:
@@ -230,7 +225,7 @@ async def admit(slot: ThreadSlot, client: aioredis.Redis, *, strategy: str, queu
     if strategy == INTERRUPT:
         owner = _text(await client.get(keys.thread_owner(slot.thread_id)))
         if owner is not None and _uid(owner) != slot.uid:
-            await control.request_stop(client, _uid(owner), reason=INTERRUPTED)
+            await control.request_stop(client, _uid(owner), reason=reasons.Reason.INTERRUPTED)
             log.info("thread.interrupting", owner=owner)
     first = await slot.wait(order, poll_seconds)
     if first is None:

@@ -31,10 +31,12 @@ from typing import Any
 
 import structlog
 
+from agentrun import reasons
+
 logger = structlog.get_logger(__name__)
 
-COMPLETED = "Completed"
-ASKED_USER = "AskedUser"
+COMPLETED = reasons.Reason.COMPLETED
+ASKED_USER = reasons.Reason.ASKED_USER
 
 ENABLED, ALL, BUILDER = "enabled", "all", "builder"
 MODES = (ENABLED, ALL, BUILDER)
@@ -49,7 +51,7 @@ MCP_SEPARATOR = "__"
 class ToolNotFound(Exception):
     """``spec.agent.tools`` names a tool this worker does not have: the run fails at once."""
 
-    reason = "ToolNotFound"
+    reason = reasons.Reason.TOOL_NOT_FOUND
 
 
 class ToolFailed(Exception):

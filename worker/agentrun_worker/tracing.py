@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from agentrun_worker import agent as agent_loop
+    from agentrun_worker import outcome as run_outcome
     from agentrun_worker import tools
     from agentrun_worker.providers import base
 
@@ -371,7 +371,7 @@ class RunObservation(Observation):
         self.parameters: dict[str, Any] = {}
         """The thinking settings the provider maps to the model's parameters."""
 
-    def finished(self, outcome: agent_loop.Outcome) -> None:
+    def finished(self, outcome: run_outcome.Outcome) -> None:
         self._set({"gen_ai.usage.input_tokens": outcome.input_tokens,
                    "gen_ai.usage.output_tokens": outcome.output_tokens,
                    "agentrun.iterations": outcome.iterations, "agentrun.reason": outcome.reason})

@@ -44,8 +44,9 @@ from typing import Any
 
 import structlog
 
-from agentrun import message, store, streams, templates
-from agentrun_worker import agent, config, mcp, providers, tools
+from agentrun import message, reasons, store, streams, templates, views
+from agentrun_worker import agent, config, history, mcp, providers, tools
+from agentrun_worker import outcome as run_outcome
 from agentrun_worker.providers import base as providers_base
 
 logger = structlog.get_logger(__name__)
@@ -78,11 +79,7 @@ class Refused(Exception):
 class StepFailed(Exception):
     """A step of the deterministic executor failed or did not complete."""
 
-    reason = "StepFailed"
-
-
-def is_workflow(spec: dict[str, Any]) -> bool:
-    return bool(spec.get("workflowRef"))
+    reason = reasons.Reason.STEP_FAILED
 
 
 def step_agent(workflow_agent: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
@@ -131,19 +128,6 @@ class Context:
         return f"{self.run_id}/{self.attempt}/{suffix}"
 
 
-def _model_message(record: store.MessageRecord) -> dict[str, Any]:
-    """A stored message as the model sees it (a dict content holds the message's fields)."""
-    if isinstance(record.content, dict):
-        return {"role": record.role, **record.content}
-    return {"role": record.role, "content": record.content}
-
-
-def _add(total: agent.Outcome, part: agent.Outcome) -> None:
-    total.iterations += part.iterations
-    total.input_tokens += part.input_tokens
-    total.output_tokens += part.output_tokens
-
-
 class Executor:
     """The steps, their outputs so far, and the run's outcome summed over every loop."""
 
@@ -155,7 +139,7 @@ class Executor:
         self._index = {str(step["name"]): index for index, step in enumerate(self._steps)}
         self._runs: collections.Counter[str] = collections.Counter()
         self._max_tokens = int(self._agent["maxTokens"]) if self._agent.get("maxTokens") else None
-        self._done = agent.Outcome(result="", iterations=0)
+        self._done = run_outcome.Outcome(result="", iterations=0)
         self._current: agent.AgentLoop | None = None
         self.outputs: dict[str, str] = {}
         self._completed: set[str] = set()
@@ -176,7 +160,7 @@ class Executor:
                 self.outputs[name] = str(record.content.get("output", ""))
                 self._completed.add(name)
                 usage = record.content.get("usage") or {}
-                _add(self._done, agent.Outcome(result="", iterations=int(record.content.get("iterations") or 0),
+                self._done.add(run_outcome.Outcome(result="", iterations=int(record.content.get("iterations") or 0),
                                                input_tokens=int(usage.get("inputTokens") or 0),
                                                output_tokens=int(usage.get("outputTokens") or 0)))
         if self._completed:
@@ -193,20 +177,20 @@ class Executor:
                 raise Refused(exc.reason, f'step "{step["name"]}": {exc}') from None
 
     @property
-    def outcome(self) -> agent.Outcome:
+    def outcome(self) -> run_outcome.Outcome:
         total = dataclasses.replace(self._done)
         if self._current is not None:
-            _add(total, self._current.outcome)
+            total.add(self._current.outcome)
         return total
 
-    async def run(self) -> agent.Outcome:
+    async def run(self) -> run_outcome.Outcome:
         raise NotImplementedError
 
     def _used(self) -> int:
         outcome = self.outcome
         return outcome.input_tokens + outcome.output_tokens
 
-    async def run_step(self, name: str, instructions: str = "") -> agent.Outcome:
+    async def run_step(self, name: str, instructions: str = "") -> run_outcome.Outcome:
         """Run step ``name`` once; its loop's outcome (the step's output is its result).
 
         Raises TemplateError (a step output it needs is not there yet) before anything is
@@ -241,13 +225,13 @@ class Executor:
         try:
             outcome = await loop.run()
         except Exception as exc:
-            ctx.writer.emit({**head, "status": "failed", "reason": getattr(exc, "reason", "AgentError"),
+            ctx.writer.emit({**head, "status": "failed", "reason": reasons.of(exc),
                              "message": str(exc) or type(exc).__name__, "iterations": loop.outcome.iterations,
                              "usage": loop.outcome.usage})
             raise
         finally:
             self._current = None
-            _add(self._done, loop.outcome)
+            self._done.add(loop.outcome)
         if outcome.reason == tools.COMPLETED:
             # Only a completed step's output feeds later prompts; its record is what a resumed
             # execution takes back instead of running the step again
@@ -266,9 +250,9 @@ class Executor:
 class Deterministic(Executor):
     """Every step once, in the listed order."""
 
-    async def run(self) -> agent.Outcome:
+    async def run(self) -> run_outcome.Outcome:
         total = len(self._steps)
-        result = agent.Outcome(result="", iterations=0)
+        result = run_outcome.Outcome(result="", iterations=0)
         for position, step in enumerate(self._steps, start=1):
             name = str(step["name"])
             if name in self._completed:  # done by an interrupted execution of this attempt
@@ -314,9 +298,9 @@ class AgentDriven(Executor):
         self._orchestrator = agent.AgentLoop(
             provider=provider, writer=ctx.writer, db=ctx.db, run_id=ctx.run_id, attempt=ctx.attempt,
             thread_id=ctx.thread_id, agent=spec,
-            history=[*ctx.history, {"role": "user", "content": ctx.user_input}, *map(_model_message, own)],
+            history=[*ctx.history, {"role": "user", "content": ctx.user_input}, *map(history.model_message, own)],
             registry=registry, completed_turns=len(turns),
-            last_result=str(_model_message(turns[-1]).get("content") or "") if turns else "",
+            last_result=history.last_result(turns),
         )
 
     def describe(self) -> str:
@@ -341,14 +325,14 @@ class AgentDriven(Executor):
         return "\n".join(lines)
 
     @property
-    def outcome(self) -> agent.Outcome:
+    def outcome(self) -> run_outcome.Outcome:
         total = super().outcome
         own = self._orchestrator.outcome
-        _add(total, own)
+        total.add(own)
         total.result, total.reason = own.result, own.reason
         return total
 
-    async def run(self) -> agent.Outcome:
+    async def run(self) -> run_outcome.Outcome:
         await self._orchestrator.run()
         return self.outcome
 
@@ -430,25 +414,27 @@ async def executor(
     settings: config.WorkerSettings,
     toolbox: mcp.Toolbox | None = None,
     stop: asyncio.Event | None = None,
+    conversation: history.Conversation | None = None,
 ) -> Executor:
     """The executor of the run's workflow; Refused when it cannot start.
 
     The MCP servers any step (or the agent-driven executor's own agent) may use are started in
     ``toolbox`` first, once for the run; :class:`mcp.ServerUnavailable` or
-    :class:`mcp.Interrupted` (``stop`` set while they start) come out of here as they are."""
+    :class:`mcp.Interrupted` (``stop`` set while they start) come out of here as they are.
+    ``conversation`` is the run's thread when the caller read it already."""
     workflow = msg.spec.get("workflow")
-    name = (msg.spec.get("workflowRef") or {}).get("name", "")
+    name = views.RunSpec(msg.spec).workflow_name or ""
     if not isinstance(workflow, dict):
-        raise Refused("WorkflowNotFound", f'AgentWorkflow "{name}" was not resolved when the run was queued '
-                                          "(it did not exist, or was invalid, then)")
+        raise Refused(reasons.Reason.WORKFLOW_NOT_FOUND,
+                      f'AgentWorkflow "{name}" was not resolved when the run was queued '
+                      "(it did not exist, or was invalid, then)")
     problems = templates.check_workflow(workflow)
     if problems:
-        raise Refused("WorkflowInvalid", f'AgentWorkflow "{name}": ' + "; ".join(problems))
+        raise Refused(reasons.Reason.WORKFLOW_INVALID, f'AgentWorkflow "{name}": ' + "; ".join(problems))
     # The steps see the thread as it was before this run; the run's own input reaches them
     # through {{input}}, and messages of an interrupted execution of this run are left out.
-    stored = await db.list_messages(msg.thread_id)
-    history = [_model_message(m) for m in stored if m.role in ("user", "assistant", "tool") and m.run_id != msg.uid]
-    own = f"{msg.uid}/{msg.attempt}/"
+    if conversation is None:
+        conversation = await history.read(db, msg.thread_id, run_id=msg.uid, attempt=msg.attempt)
     servers: list[tools.Server] = []
     if toolbox is not None:
         base = dict(workflow.get("agent") or {})
@@ -458,8 +444,8 @@ async def executor(
         except tools.ToolNotFound as exc:
             raise Refused(exc.reason, str(exc)) from None
     ctx = Context(writer=writer, db=db, run_id=msg.uid, attempt=msg.attempt, thread_id=msg.thread_id,
-                  settings=settings, user_input=user_input, history=history,
-                  resumed=[m for m in stored if m.id.startswith(own)], servers=servers)
+                  settings=settings, user_input=user_input, history=conversation.history(other_runs_only=True),
+                  resumed=conversation.resumed(), servers=servers)
     kind = workflow.get("executor", DETERMINISTIC)
     logger.info("workflow.start", workflow=name, executor=kind, steps=len(workflow.get("steps") or []))
     return AgentDriven(ctx, workflow) if kind == AGENT else Deterministic(ctx, workflow)

@@ -12,13 +12,16 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agentrun import reasons
+from agentrun_worker import context
+
 
 class ProviderUnavailable(Exception):
-    reason = "ProviderUnavailable"
+    reason = reasons.Reason.PROVIDER_UNAVAILABLE
 
 
 class ProviderError(Exception):
-    reason = "ModelError"
+    reason = reasons.Reason.MODEL_ERROR
 
 
 @dataclasses.dataclass
@@ -55,3 +58,9 @@ class Provider(abc.ABC):
         """Run one model turn over ``messages`` (Chat Completions format), calling ``on_delta``
         for each text chunk; ``tools`` are the function tools the model may call (their
         Chat Completions schemas)."""
+
+    def partial_usage(self, messages: list[dict[str, Any]], streamed: str) -> tuple[int, int]:
+        """``(input, output)`` tokens of a turn cut short after streaming ``streamed`` (a stop,
+        a deadline, an error mid-answer), when the provider's own count never came: estimated
+        from the prompt and the text (see ``agentrun_worker.context``)."""
+        return sum(context.estimate(m) for m in messages), context.text_tokens(streamed)

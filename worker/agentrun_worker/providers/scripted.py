@@ -34,6 +34,9 @@ class ScriptedProvider(base.Provider):
     def __init__(self, script: list[dict[str, Any]], user_input: str) -> None:
         self._script = script or [{"text": f"You said: {user_input}"}]
 
+    def partial_usage(self, messages: list[dict[str, Any]], streamed: str) -> tuple[int, int]:
+        return sum(words(str(m.get("content", ""))) for m in messages), words(streamed)
+
     async def turn(
         self,
         messages: list[dict[str, Any]],
@@ -43,7 +46,7 @@ class ScriptedProvider(base.Provider):
         tools: list[dict[str, Any]] | None = None,
     ) -> base.Turn:
         step = self._script[min(iteration, len(self._script)) - 1]
-        prompt_tokens = sum(words(str(m.get("content", ""))) for m in messages)
+        prompt_tokens, _ = self.partial_usage(messages, "")
         if "fail" in step:
             raise base.ProviderError(str(step["fail"]))
         text = str(step.get("text", ""))
