@@ -25,7 +25,7 @@ import rich.markup
 import typer
 import yaml
 
-from agentrun import binaries, clients, phases, rendering, settings, streams
+from agentrun import binaries, clients, components, phases, rendering, settings, streams
 
 app = typer.Typer(help="Run AI agents in the background on Kubernetes.", no_args_is_help=True, add_completion=False)
 out = rich.console.Console(highlight=False)
@@ -267,9 +267,7 @@ def gateway(
     port: int | None = typer.Option(None, help="Port to listen on (default AGENTRUN_GATEWAY_PORT)."),
 ) -> None:
     """Serve the HTTP gateway: runs, SSE streams of their events, stop; JWT-authenticated."""
-    from agentrun.gateway import app as gateway_app
-
-    gateway_app.serve(host=host, port=port)
+    components.entry("gateway")(host=host, port=port)
 
 
 @app.command()
@@ -279,8 +277,9 @@ def dev(
     gateway_port: int = typer.Option(8002, help="Port of the gateway (on 127.0.0.1, without authentication)."),
 ) -> None:
     """Run the whole system here: API emulator, operator, worker, gateway, embedded Redis and SQLite."""
-    from agentrun import devstack, log
+    from agentrun import log
 
+    devstack = components.entry("local")
     config = settings.load()
     log.configure(config.log_level, config.log_format)
     stack = devstack.DevStack(config, api_port=api_port, redis_port=redis_port)
@@ -325,32 +324,14 @@ def _this_command() -> str:
 
 
 def _start_dev_gateway(endpoints: Any, port: int) -> tuple[str, Callable[[], None]]:
-    """Serve the gateway for ``agentrun dev`` in a thread: loopback only, no token needed
-    (``insecure_no_auth`` exists for this); stopped with the rest of the stack."""
-    import uvicorn
-
-    from agentrun.gateway import app as gateway_app
-    from agentrun.gateway import config as gateway_config
-
-    cfg = gateway_config.GatewaySettings(
-        host="127.0.0.1", port=port, redis_url=endpoints.redis_url, database_url=endpoints.database_url,
-        kubeconfig=str(endpoints.kubeconfig), insecure_no_auth=True,
-    )
-    server = uvicorn.Server(uvicorn.Config(gateway_app.create_app(cfg), host=cfg.host, port=port,
-                                           log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, name="agentrun-gateway", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(10)
-
-    while not server.started:
-        if not thread.is_alive():
-            _fail(clients.Unreachable(f"the gateway could not listen on 127.0.0.1:{port}",
-                                      "Pick another port with --gateway-port."))
-        threading.Event().wait(0.05)
-    return f"http://127.0.0.1:{port}", stop
+    """The gateway for ``agentrun dev``, in a thread (``agentrun_gateway.dev``)."""
+    try:
+        started: tuple[str, Callable[[], None]] = components.entry("gateway-dev")(
+            port=port, redis_url=endpoints.redis_url, database_url=endpoints.database_url,
+            kubeconfig=str(endpoints.kubeconfig))
+    except OSError as exc:
+        _fail(clients.Unreachable(str(exc), "Pick another port with --gateway-port."))
+    return started
 
 
 @app.command()
@@ -359,8 +340,9 @@ def demo(
     timeout: float = typer.Option(120.0, help="Give up after this many seconds."),
 ) -> None:
     """Start the local system, run an AgentRun, stream it live and print its final phase."""
-    from agentrun import devstack, log
+    from agentrun import log
 
+    devstack = components.entry("local")
     config = settings.load()
     log.configure("WARNING", config.log_format)
     manifest = yaml.safe_load(file.read_text())
@@ -376,7 +358,7 @@ def demo(
         async def run() -> str:
             from agentrun.clients import base, cluster
 
-            async with cluster.ClusterClient(str(stack.endpoints.kubeconfig), None, redis_url) as client:  # type: ignore[union-attr]
+            async with cluster.ClusterClient(str(stack.endpoints.kubeconfig), None, redis_url) as client:
                 obj = await client.get(namespace, name)
                 await _show_stream(client, obj, follow=True, last_id=streams.START, console=out)
                 for _ in range(100):  # the terminal event follows the resource's final phase

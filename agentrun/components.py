@@ -1,15 +1,20 @@
-"""In-process components for ``agentrun dev``: the operator and the worker, found by entry point.
+"""The four components as the contract finds them: by entry point, never by import.
 
-The contract cannot import the operator or the worker (they depend on it, not the other way
-round). Each registers a start function under the ``agentrun.components`` entry-point group;
-the dev stack loads them by name. A start function takes the settings and the shared
-in-process broker and returns a handle with ``stop()``.
+The contract cannot import the operator, the worker, the gateway or the local stack (they
+depend on it, not the other way round). Each registers what the CLI and the dev stack need
+under the ``agentrun.components`` entry-point group (pyproject.toml):
+
+- ``operator``, ``worker``: a start function for ``agentrun dev`` (:class:`Start`), which takes
+  the settings and the shared in-process broker and returns a handle with ``stop()``;
+- ``gateway``: the gateway's ``serve(host, port)`` (``agentrun gateway``);
+- ``gateway-dev``: the gateway in a thread of ``agentrun dev`` (``start(...) -> (url, stop)``);
+- ``local``: the dev stack module (``agentrun dev``, ``agentrun demo``).
 """
 
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Protocol
+from typing import Any, Protocol
 
 import dramatiq
 
@@ -26,9 +31,15 @@ class Start(Protocol):
     def __call__(self, config: settings.Settings, broker: dramatiq.Broker) -> Handle: ...
 
 
-def load(name: str) -> Start:
-    for entry in metadata.entry_points(group=GROUP):
-        if entry.name == name:
-            start: Start = entry.load()
-            return start
+def entry(name: str) -> Any:
+    """What the component registered as ``name``: a function, a class or a module."""
+    for found in metadata.entry_points(group=GROUP):
+        if found.name == name:
+            return found.load()
     raise LookupError(f"no agentrun component {name!r}: is agentrun installed (pip install -e .)?")
+
+
+def load(name: str) -> Start:
+    """The start function of the operator or the worker for ``agentrun dev``."""
+    start: Start = entry(name)
+    return start

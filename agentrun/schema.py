@@ -1,6 +1,6 @@
 """Custom-resource admission as kube-apiserver does it: defaults, unknown fields, schema, CEL.
 
-Called by the Kubernetes API emulator (``agentrun.emulator``) on every write of a custom
+Called by the Kubernetes API emulator (``agentrun_local.emulator``) on every write of a custom
 resource, by the tests of ``crds/``, and by anyone who wants to check a manifest before
 ``kubectl apply``. The CRDs in ``crds/`` are the only input: nothing here knows about AgentRun
 or WorkerPool fields.

@@ -38,8 +38,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/agentrun_bench")
     args = parser.parse_args(argv)
     import yaml
+    from agentrun_local import emulator
 
-    from agentrun import emulator, kube, store
+    from agentrun import kube, store
     from bench.dispatch import _ensure_database
     from tests.e2e import harness
 

@@ -64,8 +64,9 @@ def baseline(amqp_url: str, redis_url: str, runs: int, interval: float, log_dir:
 def agentrun(amqp_url: str, redis_url: str, database_url: str, runs: int, interval: float,
              log_dir: pathlib.Path) -> list[float]:
     import yaml
+    from agentrun_local import emulator
 
-    from agentrun import emulator, store
+    from agentrun import store
     from tests.e2e import harness
 
     asyncio.run(store.migrate_url(database_url))

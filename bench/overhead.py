@@ -309,8 +309,7 @@ def main(argv: list[str]) -> int:
     dispatch._ensure_database(args.database_url)
     asyncio.run(store.migrate_url(args.database_url))
     import yaml
-
-    from agentrun import emulator
+    from agentrun_local import emulator
 
     crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
     server = emulator.EmulatorServer(crds=crds)

@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 EMULATOR = """
 import pathlib, sys, time, yaml
-from agentrun import emulator
+from agentrun_local import emulator
 crds = [yaml.safe_load(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.yaml"))]
 server = emulator.EmulatorServer(crds=crds)
 server.start()

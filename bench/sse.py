@@ -1,6 +1,6 @@
 """``python -m bench sse``: one streaming run, N concurrent SSE clients through the gateway.
 
-The gateway runs as its own process(es) (``python -m agentrun.gateway.app``, real uvicorn with
+The gateway runs as its own process(es) (``python -m agentrun_gateway.app``, real uvicorn with
 uvloop and httptools; ``--gateway-procs`` sets ``AGENTRUN_GATEWAY_WORKERS``) against real Redis,
 the Kubernetes API emulator (in this process) and a SQLite database. This process writes the
 run's events with :class:`agentrun.streams.StreamWriter`, one every ``--interval-ms`` like a
@@ -307,7 +307,7 @@ async def phase(redis: aioredis.Redis, api: lightkube.Client, port: int, token: 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One measurement (a fresh gateway): the loaded phase's p99, whether the target was met,
     and how many clients failed."""
-    from agentrun import emulator
+    from agentrun_local import emulator
 
     state = pathlib.Path(tempfile.mkdtemp(prefix="bench-sse-"))
     crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
@@ -326,7 +326,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
            "AGENTRUN_GATEWAY_HOST": "127.0.0.1", "AGENTRUN_GATEWAY_PORT": str(port),
            "AGENTRUN_LOG_LEVEL": "WARNING", "AGENTRUN_GATEWAY_WORKERS": str(args.gateway_procs)}
     log = open(state / "gateway.log", "wb")  # noqa: SIM115
-    gateway = subprocess.Popen([sys.executable, "-m", "agentrun.gateway.app"], env=env, stdout=log,
+    gateway = subprocess.Popen([sys.executable, "-m", "agentrun_gateway.app"], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     api = lightkube.Client(config=lightkube.config.kubeconfig.KubeConfig.from_file(kubeconfig), field_manager="bench")
     redis = aioredis.Redis.from_url(args.redis_url)

@@ -85,9 +85,9 @@ async def measure(redis_url: str, database_url: str, runs: int, chunk_ms: int, s
                   ) -> dict[str, list[float]]:
     import lightkube.codecs
     import yaml
+    from agentrun_local import emulator
     from agentrun_worker import providers, runtime, tools
 
-    from agentrun import emulator
     from tests.worker import openai_server
 
     model = openai_server.OpenAIServer().start()

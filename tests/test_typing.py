@@ -11,7 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_packages_pass_mypy_strict() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "agentrun", "operator/agentrun_operator", "worker/agentrun_worker"],
+        [sys.executable, "-m", "mypy", "agentrun", "operator/agentrun_operator", "worker/agentrun_worker",
+         "gateway/agentrun_gateway", "local/agentrun_local"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

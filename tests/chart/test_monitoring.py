@@ -38,10 +38,9 @@ def _exposed(families: Iterable[Any]) -> set[str]:
 def exported_metrics() -> frozenset[str]:
     """Every agentrun series the operator (its registry and scrape-time gauges), the workers and
     the gateway export."""
+    from agentrun_gateway import metrics as gateway_metrics
     from agentrun_operator import metrics as operator_metrics
     from agentrun_worker import metrics as worker_metrics
-
-    from agentrun.gateway import metrics as gateway_metrics
 
     index: dict[Any, Any] = {}  # an empty run_phases index: the gauge families are still described
     return frozenset(_exposed(operator_metrics.REGISTRY.collect())

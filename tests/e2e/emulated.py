@@ -17,7 +17,7 @@ from tests.e2e import harness
 @pytest.fixture
 def api(tmp_path: pathlib.Path) -> Iterator[tuple[lightkube.Client, pathlib.Path]]:
     """``(client, kubeconfig)`` of a fresh emulator, stopped after the test."""
-    from agentrun import emulator
+    from agentrun_local import emulator
 
     crds = [yaml.safe_load(p.read_text()) for p in sorted((harness.ROOT / "crds").glob("*.yaml"))]
     server = emulator.EmulatorServer(crds=crds)

@@ -102,8 +102,9 @@ def emulated_bed(state: pathlib.Path, *, amqp_url: str, redis_url: str, database
     """A bed on an API emulator of its own serving crds/, over a migrated database; its
     processes and the emulator are stopped when the block ends."""
     import yaml
+    from agentrun_local import emulator
 
-    from agentrun import emulator, store
+    from agentrun import store
 
     asyncio.run(store.migrate_url(database_url))
     crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]

@@ -1,6 +1,6 @@
 """An AgentRun end to end: real kopf, real Dramatiq worker processes, RabbitMQ, Redis, PostgreSQL.
 
-Only the Kubernetes API server is emulated (agentrun.emulator, built on kmock).
+Only the Kubernetes API server is emulated (agentrun_local.emulator, built on kmock).
 """
 
 from __future__ import annotations

@@ -23,11 +23,11 @@ import jwt
 import pytest
 import redis
 import uvicorn
+from agentrun_gateway import app as gateway_app
+from agentrun_gateway import config
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from agentrun import keys, streams
-from agentrun.gateway import app as gateway_app
-from agentrun.gateway import config
 from tests.e2e import harness
 from tests.worker import openai_server
 

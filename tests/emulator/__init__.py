@@ -1,1 +1,1 @@
-"""Tests of the Kubernetes API emulator (agentrun.emulator), with HTTP clients, kubectl and kopf."""
+"""Tests of the Kubernetes API emulator (agentrun_local.emulator), with HTTP clients, kubectl and kopf."""

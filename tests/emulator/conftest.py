@@ -1,6 +1,6 @@
 """Fixtures for the Kubernetes API emulator tests: a running server, HTTP clients, test CRDs.
 
-Every test gets its own :class:`agentrun.emulator.EmulatorServer` on a free port (it starts in
+Every test gets its own :class:`agentrun_local.emulator.EmulatorServer` on a free port (it starts in
 a few milliseconds), with ``Widget`` (namespaced, status and scale subresources, printer
 columns) and ``Gadget`` (cluster-scoped, no subresources) installed as CRDs.
 """
@@ -14,8 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from agentrun import emulator
+from agentrun_local import emulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

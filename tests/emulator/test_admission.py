@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from agentrun_local import emulator
 
-from agentrun import emulator
 from tests.emulator.conftest import WIDGETS, merge_patch, widget, widget_crd
 
 
@@ -95,7 +95,7 @@ def test_unknown_fields_are_pruned_or_refused_by_field_validation(fake: httpx.Cl
 
 def test_ratchet_drops_problems_of_unchanged_fields() -> None:
     """Validation ratcheting keeps errors only where the value changed (or is new)."""
-    from agentrun.emulator import validation
+    from agentrun_local.emulator import validation
 
     problems = [Problem("spec.size", "Invalid value"), Problem("spec.steps[1].name", "Required value"),
                 Problem("status.phase", "Invalid value")]

@@ -8,8 +8,8 @@ import httpx
 import kmock
 import pytest
 import yaml
+from agentrun_local import emulator
 
-from agentrun import emulator
 from tests.emulator.conftest import WIDGETS, merge_patch, watch, widget, widget_crd
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
+from agentrun_local import emulator
 
-from agentrun import emulator
 from tests.emulator.conftest import WIDGETS, json_patch, merge_patch, watch, widget
 
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from agentrun_local import emulator
+from agentrun_local.emulator import resources
 
-from agentrun import emulator
-from agentrun.emulator import resources
 from tests.emulator.conftest import widget_crd
 
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 
 import httpx
+from agentrun_local import emulator
 
-from agentrun import emulator
 from tests.emulator.conftest import WIDGETS, widget, widget_crd
 
 HANDLERS = '''

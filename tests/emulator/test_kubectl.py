@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from agentrun_local import emulator
 
-from agentrun import binaries, emulator
+from agentrun import binaries
 from tests.emulator.conftest import ROOT
 
 CRDS = ROOT / "crds"

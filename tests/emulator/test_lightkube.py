@@ -13,8 +13,8 @@ import lightkube.core.exceptions
 import lightkube.generic_resource
 import lightkube.types
 import pytest
+from agentrun_local import emulator
 
-from agentrun import emulator
 from tests.emulator.conftest import widget
 
 Widget = lightkube.generic_resource.create_namespaced_resource("example.com", "v1", "Widget", "widgets")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from agentrun_local.emulator import selectors
 
-from agentrun.emulator import selectors
 from tests.emulator.conftest import WIDGETS, widget
 
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"

@@ -6,8 +6,8 @@ import json
 
 import httpx
 import yaml
+from agentrun_local.emulator import patching
 
-from agentrun.emulator import patching
 from tests.emulator.conftest import WIDGETS, json_patch, merge_patch, widget
 
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"

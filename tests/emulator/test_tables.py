@@ -6,8 +6,8 @@ import datetime
 
 import httpx
 import pytest
+from agentrun_local.emulator import tables
 
-from agentrun.emulator import tables
 from tests.emulator.conftest import WIDGETS, merge_patch, watch, widget
 
 TABLE = ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import httpx
+from agentrun_local import emulator
 
-from agentrun import emulator
 from tests.emulator.conftest import WIDGETS, merge_patch, watch, widget, widget_crd
 
 

@@ -26,11 +26,11 @@ import lightkube.types
 import pytest
 import uvicorn
 import yaml
+from agentrun_gateway import app as gateway_app
+from agentrun_gateway import config
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from agentrun import kube, store
-from agentrun.gateway import app as gateway_app
-from agentrun.gateway import config
 from tests.e2e import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def keys() -> Keys:
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory, redis_url: str, postgres_dsn: str,
             keys: Keys) -> Iterator[Bed]:
-    from agentrun import emulator
+    from agentrun_local import emulator
 
     asyncio.run(store.migrate_url(postgres_dsn))
     crds = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]

@@ -172,9 +172,8 @@ async def test_without_auth_configured_the_gateway_refuses_to_start_unless_told_
     gateway: Bed,
 ) -> None:
     import httpx
-
-    from agentrun.gateway import app as gateway_app
-    from agentrun.gateway import config
+    from agentrun_gateway import app as gateway_app
+    from agentrun_gateway import config
 
     with pytest.raises(ValueError, match="AGENTRUN_GATEWAY_JWT_SECRET"):
         gateway_app.create_app(config.GatewaySettings(redis_url=gateway.redis_url))

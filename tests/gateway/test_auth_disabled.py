@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog.testing
-
-from agentrun.gateway import auth
+from agentrun_gateway import auth
 
 
 def test_a_gateway_without_auth_ignores_any_token_and_says_so_once() -> None:

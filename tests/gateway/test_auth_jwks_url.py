@@ -19,10 +19,10 @@ import httpx
 import jwt.algorithms
 import pytest
 import uvicorn
+from agentrun_gateway import app as gateway_app
+from agentrun_gateway import config
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from agentrun.gateway import app as gateway_app
-from agentrun.gateway import config
 from tests.e2e import harness
 from tests.gateway.conftest import Bed
 

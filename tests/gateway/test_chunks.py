@@ -1,4 +1,4 @@
-"""The direct chunk path of SSE responses (:mod:`agentrun.gateway.chunks`) on a real uvicorn.
+"""The direct chunk path of SSE responses (:mod:`agentrun_gateway.chunks`) on a real uvicorn.
 
 With uvicorn's httptools protocol (what ``uvicorn[standard]`` runs, and the gateway in the
 other tests here) a response may write pre-framed chunks straight to the connection, mixed
@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from agentrun_gateway import chunks
 from starlette import responses, routing
 
-from agentrun.gateway import chunks
 from tests.e2e import harness
 
 

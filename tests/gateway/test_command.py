@@ -15,7 +15,7 @@ BIN = pathlib.Path(sys.executable).parent
 
 
 def test_the_gateway_command_serves_health_and_stops_on_sigterm(tmp_path: pathlib.Path, redis_url: str) -> None:
-    from agentrun import emulator
+    from agentrun_local import emulator
 
     port = harness.free_port()
     with emulator.EmulatorServer() as server:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hypothesis
 import pytest
 import schemathesis
+from agentrun_gateway import openapi
 
-from agentrun.gateway import openapi
 from tests.gateway.conftest import Bed
 
 schema = schemathesis.openapi.from_dict(openapi.document())

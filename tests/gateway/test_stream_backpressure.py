@@ -2,7 +2,7 @@
 
 Live frames are written to an idle client's connection from the shared reader's task; when
 the connection cannot take more, the rest of that write is handed to the client's own task
-(:class:`agentrun.gateway.fanout.Outbox`). This covers that path with real sockets.
+(:class:`agentrun_gateway.fanout.Outbox`). This covers that path with real sockets.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def workers_gateway(gateway: Bed, tmp_path: pathlib.Path) -> Iterator[tuple[str,
            "AGENTRUN_GATEWAY_KUBECONFIG": str(gateway.kubeconfig), "AGENTRUN_GATEWAY_JWT_SECRET": SECRET,
            "AGENTRUN_GATEWAY_HOST": "127.0.0.1", "AGENTRUN_GATEWAY_PORT": str(port),
            "AGENTRUN_GATEWAY_WORKERS": str(WORKERS), "AGENTRUN_GATEWAY_REDIS_BLOCK_MS": "200"}
-    proc = harness.Proc("gateway-workers", [sys.executable, "-m", "agentrun.gateway.app"], env, tmp_path).start()
+    proc = harness.Proc("gateway-workers", [sys.executable, "-m", "agentrun_gateway.app"], env, tmp_path).start()
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

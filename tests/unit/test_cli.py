@@ -42,7 +42,7 @@ def test_logs_without_redis_says_how_to_get_it(tmp_path: pathlib.Path) -> None:
 
 
 def test_logs_of_a_missing_run_names_it(tmp_path: pathlib.Path, redis_url: str) -> None:
-    from agentrun import emulator
+    from agentrun_local import emulator
 
     with emulator.EmulatorServer() as server:
         env = clean_env(tmp_path)

@@ -89,7 +89,7 @@ class DevStack:
         for noisy in ("aiohttp.access", "httpx2", "httpx"):  # one line per API call drowns the rest
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
-            from agentrun import emulator
+            from agentrun_local import emulator
         except ImportError as exc:
             raise RuntimeError("agentrun dev needs the local extras: pip install -e '.[local]'") from exc
         state = pathlib.Path(self.config.state_dir).resolve()

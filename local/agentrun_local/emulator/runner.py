@@ -21,7 +21,7 @@ from typing import Any, Self, TypeVar
 import kmock
 import yaml
 
-from agentrun.emulator import apiserver, validation
+from agentrun_local.emulator import apiserver, validation
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ Browsers cannot read Redis and people should not need ``kubectl`` to follow an a
 gateway (its own Deployment) lists, creates and stops AgentRuns through the Kubernetes API,
 streams a run's events from Redis as SSE with resume, falls back to the database when a
 stream has expired, and checks a bearer JWT on every request. Modules: :mod:`.app` (routes,
-:func:`~agentrun.gateway.app.create_app`, :func:`~agentrun.gateway.app.main`), :mod:`.auth`,
+:func:`~agentrun_gateway.app.create_app`, :func:`~agentrun_gateway.app.main`), :mod:`.auth`,
 :mod:`.sse`, :mod:`.config`, :mod:`.metrics`, :mod:`.openapi`.
 """
 

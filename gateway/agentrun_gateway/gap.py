@@ -3,7 +3,7 @@
 The worker appends with ``XADD … MAXLEN ~`` (:class:`agentrun.streams.StreamWriter`), so a
 long run's oldest entries are dropped. A client resuming from an id older than the first entry
 still stored would otherwise get the entries after it that remain, silently missing the ones
-trimmed. :func:`check` (called by :mod:`agentrun.gateway.sse` before it reads) tells the
+trimmed. :func:`check` (called by :mod:`agentrun_gateway.sse` before it reads) tells the
 client so with an explicit ``gap`` event, and the stream then continues from the first entry
 still stored.
 
@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from agentrun import streams
-from agentrun.gateway import fanout
+from agentrun_gateway import fanout
 
 GAP = "gap"
 

@@ -1,7 +1,7 @@
 """Errors of the emulated API server, rendered as Kubernetes ``Status`` bodies.
 
-Raised anywhere inside :mod:`agentrun.emulator` where the real API server would answer with
-an error; :mod:`agentrun.emulator.apiserver` catches them and sends the ``Status`` body with
+Raised anywhere inside :mod:`agentrun_local.emulator` where the real API server would answer with
+an error; :mod:`agentrun_local.emulator.apiserver` catches them and sends the ``Status`` body with
 the same code, reason and message wording as kube-apiserver, so clients (kopf, lightkube,
 kubectl) take the same error branches as against a real cluster.
 """

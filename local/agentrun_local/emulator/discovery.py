@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agentrun.emulator import resources
+from agentrun_local.emulator import resources
 
 SERVER_VERSION = {
     "major": "1",

@@ -45,12 +45,12 @@ Modules: :mod:`.apiserver` (the :class:`Emulator`), :mod:`.runner` (:class:`Emul
 :mod:`.selectors`, :mod:`.tables`, :mod:`.validation`, :mod:`.auditing`, :mod:`.errors`.
 """
 
-from agentrun.emulator.apiserver import Emulator
-from agentrun.emulator.auditing import AuditRecord
-from agentrun.emulator.errors import ApiError
-from agentrun.emulator.resources import ResourceType
-from agentrun.emulator.runner import EmulatorServer
-from agentrun.emulator.validation import Admission, FieldError
+from agentrun_local.emulator.apiserver import Emulator
+from agentrun_local.emulator.auditing import AuditRecord
+from agentrun_local.emulator.errors import ApiError
+from agentrun_local.emulator.resources import ResourceType
+from agentrun_local.emulator.runner import EmulatorServer
+from agentrun_local.emulator.validation import Admission, FieldError
 
 __all__ = [
     "Admission",

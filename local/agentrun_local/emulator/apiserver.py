@@ -36,7 +36,7 @@ import yaml
 from kmock._internal import apps as kmock_apps
 from kmock._internal import rendering as kmock_rendering
 
-from agentrun.emulator import (
+from agentrun_local.emulator import (
     auditing,
     discovery,
     errors,

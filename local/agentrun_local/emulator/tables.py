@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentrun.emulator import resources
+from agentrun_local.emulator import resources
 
 NAME_COLUMN = {
     "name": "Name", "type": "string", "format": "name", "priority": 0,

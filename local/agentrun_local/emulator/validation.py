@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from agentrun.emulator import errors
+from agentrun_local.emulator import errors
 
 logger = logging.getLogger(__name__)
 

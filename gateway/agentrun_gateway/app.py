@@ -3,10 +3,10 @@
 :func:`create_app` builds the Starlette app (the tests and ``bench sse`` serve it with
 uvicorn); :func:`main` is the process entry point (``agentrun gateway``, the chart's gateway
 Deployment). Runs are read from and created in the Kubernetes API (:mod:`agentrun.kube`),
-streams are read from Redis (:mod:`agentrun.gateway.sse`), messages and expired runs from
+streams are read from Redis (:mod:`agentrun_gateway.sse`), messages and expired runs from
 the database (:mod:`agentrun.store`). Every ``/v1`` request is authenticated by
-:mod:`agentrun.gateway.auth` and limited to the namespaces of its token. ``/`` is the web
-view (:mod:`agentrun.gateway.webview`), a page that uses the same ``/v1`` API.
+:mod:`agentrun_gateway.auth` and limited to the namespaces of its token. ``/`` is the web
+view (:mod:`agentrun_gateway.webview`), a page that uses the same ``/v1`` API.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import uvicorn
 from starlette import applications, requests, responses, routing
 
 from agentrun import control, kube, log, phases, schema, settings, store, streams
-from agentrun.gateway import auth, chunks, config, fanout, metrics, openapi, sse, webview
+from agentrun_gateway import auth, chunks, config, fanout, metrics, openapi, sse, webview
 
 logger = structlog.get_logger(__name__)
 
@@ -424,7 +424,7 @@ def worker_app() -> applications.Starlette:
 
 
 def main() -> None:
-    """``python -m agentrun.gateway.app``: :func:`serve` with the settings from the environment."""
+    """``python -m agentrun_gateway.app``: :func:`serve` with the settings from the environment."""
     serve()
 
 

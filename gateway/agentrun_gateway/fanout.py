@@ -1,7 +1,7 @@
 """One Redis reader per run per gateway process, shared by every SSE client of that run.
 
-Created once per app by :func:`agentrun.gateway.app.create_app`; used by
-:mod:`agentrun.gateway.sse`. Without it every connected client holds its own ``XREAD BLOCK``
+Created once per app by :func:`agentrun_gateway.app.create_app`; used by
+:mod:`agentrun_gateway.sse`. Without it every connected client holds its own ``XREAD BLOCK``
 (one Redis connection each) and decodes every event itself: a thousand clients on one run
 cost a thousand connections and a thousand reads per token. With it the run's stream is read
 once, each event is decoded and framed once, and the frame is handed to every subscriber.
@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from agentrun import keys, streams
-from agentrun.gateway import chunks
+from agentrun_gateway import chunks
 
 logger = structlog.get_logger(__name__)
 

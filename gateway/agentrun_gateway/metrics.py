@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway, served at ``/metrics``.
 
 One :class:`Metrics` per app (its own registry, so several apps in one process — the tests —
-do not collide). Updated by :mod:`agentrun.gateway.app` and :mod:`agentrun.gateway.sse`.
+do not collide). Updated by :mod:`agentrun_gateway.app` and :mod:`agentrun_gateway.sse`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The web view: a small page at ``/`` that lists, follows, starts and stops runs.
 
-:func:`routes` is added to the gateway's routes by :func:`agentrun.gateway.app.create_app`.
+:func:`routes` is added to the gateway's routes by :func:`agentrun_gateway.app.create_app`.
 The page is static (``static/``: HTML, vanilla JavaScript modules and CSS, no build step and
 nothing fetched from elsewhere, so it works air-gapped) and talks to the same ``/v1`` API as
 any client, with the token it asks for in the ``Authorization`` header. Serving it needs no

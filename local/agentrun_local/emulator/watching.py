@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from agentrun.emulator import errors
+from agentrun_local.emulator import errors
 
 Storage = tuple[str, str]
 

@@ -1,6 +1,6 @@
 """The gateway's OpenAPI 3.0 document, served at ``/openapi.json``.
 
-Written by hand next to the handlers of :mod:`agentrun.gateway.app` (keep them in step);
+Written by hand next to the handlers of :mod:`agentrun_gateway.app` (keep them in step);
 the tests fuzz the gateway from it with schemathesis. An AgentRun body is described loosely
 here (an object with ``metadata`` and ``spec``): the CRD in ``crds/`` is its real schema and
 the gateway checks bodies against it.

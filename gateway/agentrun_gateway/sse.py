@@ -1,13 +1,13 @@
 """Server-Sent Events for a run: framing, resume, heartbeat and the database fallback.
 
 :class:`EventStream` is the response of ``GET /v1/namespaces/{ns}/runs/{name}/stream`` (in
-:mod:`agentrun.gateway.app`). Each stream entry becomes one SSE event whose ``id:`` is the
+:mod:`agentrun_gateway.app`). Each stream entry becomes one SSE event whose ``id:`` is the
 Redis entry id, ``event:`` the event type and ``data:`` the event as one line of JSON. A
 client replays from its ``Last-Event-ID`` and then takes the run's shared reader
-(:mod:`agentrun.gateway.fanout`) from where the replay ended, or follows Redis on its own
+(:mod:`agentrun_gateway.fanout`) from where the replay ended, or follows Redis on its own
 (:func:`agentrun.streams.follow`): no gap, no duplicate. The terminal ``status`` event ends
 the response. A ``Last-Event-ID`` older than what the capped stream still holds gets a
-``gap`` event first (:mod:`agentrun.gateway.gap`).
+``gap`` event first (:mod:`agentrun_gateway.gap`).
 
 When the run's stream is gone (its keys expired after the run ended), the client gets an
 ``expired`` event and then the record from the database: a ``run`` event with the final
@@ -32,7 +32,7 @@ import structlog
 from starlette import responses
 
 from agentrun import keys, phases, store, streams
-from agentrun.gateway import chunks, fanout, gap
+from agentrun_gateway import chunks, fanout, gap
 
 logger = structlog.get_logger(__name__)
 
@@ -84,7 +84,7 @@ class EventStream(responses.Response):
     A plain ASGI response rather than a ``StreamingResponse`` over an async generator: with a
     thousand clients on one run, every layer between "the shared reader has a frame" and "the
     socket write" is paid a thousand times per event. Here the reader's chunk goes to the
-    client's :class:`~agentrun.gateway.fanout.Outbox`: when this response's task is idle the
+    client's :class:`~agentrun_gateway.fanout.Outbox`: when this response's task is idle the
     outbox writes it at once through ``send_now`` (the ASGI ``send`` driven from the reader's
     task; a write that has to wait is finished by this task), else this task sends whatever
     is pending as one ``http.response.body`` message.

@@ -1,7 +1,7 @@
 """Settings of the gateway process, read from ``AGENTRUN_GATEWAY_*`` environment variables.
 
-Read once by :func:`agentrun.gateway.app.main` (and by whoever builds the app with
-:func:`agentrun.gateway.app.create_app`). The shared URLs (Redis, database) fall back to the
+Read once by :func:`agentrun_gateway.app.main` (and by whoever builds the app with
+:func:`agentrun_gateway.app.create_app`). The shared URLs (Redis, database) fall back to the
 ``AGENTRUN_*`` variables every agentrun process reads, so one environment serves the whole
 system.
 """

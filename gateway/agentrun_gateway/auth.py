@@ -1,6 +1,6 @@
 """Bearer-token authentication and namespace authorization of gateway requests.
 
-:class:`Verifier` is built once by :func:`agentrun.gateway.app.create_app` from the gateway
+:class:`Verifier` is built once by :func:`agentrun_gateway.app.create_app` from the gateway
 settings; every ``/v1`` handler calls :meth:`Verifier.authenticate` and then
 :meth:`Principal.require`. Tokens are JWTs checked for signature, expiry and audience:
 HS256 with a shared secret (Supabase's project JWT secret) and/or RS256/ES256 with the keys
