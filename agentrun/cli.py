@@ -261,7 +261,11 @@ def gateway(
     """Serve the HTTP gateway: runs, SSE streams of their events, stop; JWT-authenticated."""
     from agentrun.gateway import app as gateway_app
 
-    gateway_app.serve(host=host, port=port)
+    try:
+        gateway_app.serve(host=host, port=port)
+    except ValueError as exc:  # a setting the gateway refuses to serve with (auth, loopback, Redis)
+        err.print(f"[red]error:[/red] {rich.markup.escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
