@@ -100,9 +100,9 @@ class GatewaySettings(BaseSettings):
 
     validation_pool: Literal["process", "thread"] = "process"
     """Where create-run bodies are checked (the CRD schema and its CEL rules, up to ≈ 0.6 s of
-    CPU each): worker processes keep ``/healthz`` within 2x of idle while bodies are checked;
-    a thread shares the GIL with the event loop and let it grow 5-10x (``bench
-    gateway_validation``, docs/benchmarks.md)."""
+    CPU each): a worker process kept ``/healthz`` within 1.03x of idle at p50 (1.7x at p99)
+    while 256 KiB bodies were checked; a thread shares the GIL with the event loop and let it
+    grow 4.8x at p50, 5.9x at p99 (``bench gateway_validation``, docs/benchmarks.md)."""
 
     validation_workers: int = Field(default=1, ge=1, le=64)
     """Processes (or threads) checking bodies. One keeps a core for the event loop on a

@@ -280,3 +280,25 @@ async def test_a_burst_over_the_rate_limit_gets_429_with_retry_after(gateway: Be
         assert (await client.post(f"/v1/namespaces/{ns}/runs", headers=other, json=_body("three"))).status_code == 429
         # health, metrics and the page are never limited
         assert [(await client.get("/healthz")).status_code for _ in range(20)] == [200] * 20
+
+
+# -- the event loop -----------------------------------------------------------------------------------
+
+
+async def test_healthz_answers_while_a_costly_body_is_being_checked(gateway: Bed) -> None:
+    # Given the costliest body found: 1,000 script steps with six tool calls each (≈ 0.6 s of CEL
+    # rules), which only a CEL rule refuses (input and inputParts both set)
+    steps = [{"text": "x" * 20, "toolCalls": [{"name": "t", "arguments": "{}"}] * 6}] * 1000
+    body = _encoded(_body(inputParts=[{"type": "text", "text": "hi"}], agent={"model": "scripted",
+                                                                              "script": steps}))
+    assert len(body) <= LIMIT
+    ns = gateway.namespace()
+    async with gateway.client(headers={**gateway.keys.auth([ns]), "content-type": "application/json"}) as client:
+        # When it is posted, and /healthz is asked while it is checked
+        post = asyncio.create_task(client.post(f"/v1/namespaces/{ns}/runs", content=body))
+        await asyncio.sleep(0.15)
+        health = await client.get("/healthz")
+        # Then /healthz is answered before the body's check ends (on the event loop it waited for it)
+        assert health.status_code == 200 and not post.done()
+        refused = await post
+    assert refused.status_code == 422 and "exactly one of input" in refused.json()["message"]
