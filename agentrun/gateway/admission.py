@@ -40,6 +40,10 @@ MAX_DEPTH = 64
 down (``spec.agent.script[].toolCalls[]`` fields); 64 leaves room for free-form JSON and is
 far below the recursion that made deep bodies crash the parser (≈ 1,000)."""
 
+MAX_ERRORS = 100
+"""Field errors one answer lists at most: 20,000 unknown fields fit in a 249 KB body, and the
+answer naming each of them was 2.9 MB."""
+
 CREATED_BY = f"{kube.GROUP}/created-by"
 """Annotation the gateway sets on each run it creates: the subject (``sub``) of the token."""
 
@@ -130,8 +134,10 @@ def check(raw: bytes, namespace: str, *, creator: str, max_depth: int = MAX_DEPT
         metadata = obj.get("metadata")
         name = str(metadata.get("name") or "") if isinstance(metadata, dict) else ""
         message = f'AgentRun.{kube.GROUP} "{_safe(name)}" is invalid: ' + ", ".join(
-            f"{e['field']}: {e['message']}" for e in errors)
-        return Refused(422, "invalid", message, errors=errors)
+            f"{e['field']}: {e['message']}" for e in errors[:MAX_ERRORS])
+        if len(errors) > MAX_ERRORS:
+            message += f", and {len(errors) - MAX_ERRORS} more errors"
+        return Refused(422, "invalid", message, errors=errors[:MAX_ERRORS])
     return Accepted(obj)
 
 

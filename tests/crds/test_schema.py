@@ -83,6 +83,24 @@ def test_the_items_of_a_list_over_its_max_items_are_not_evaluated_one_by_one(mon
     assert fields(errors) == ["spec.agent.script[0]", "spec.agent.script[1]", "spec.agent.script[2]"]
 
 
+def test_duplicates_are_found_in_linear_time_and_not_searched_in_a_list_over_its_max_items() -> None:
+    import time
+
+    # Given the 28,000 distinct tool names that fit in 256 KiB (at most 128 allowed): one error
+    names = [f"t{i}" for i in range(28_000)]
+    started = time.perf_counter()
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "tools": names}))
+    assert [(e.field, e.reason) for e in errors] == [("spec.agent.tools", "FieldValueTooMany")]
+    # comparing each name with all before it took 8 s here; by identity it takes ≈ 0.5 s
+    assert time.perf_counter() - started < 4
+    # and 60,000 copies of one name are one error too, not 60,000 duplicates
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "tools": ["a"] * 60_000}))
+    assert fields(errors) == ["spec.agent.tools"]
+    # while a list within its bound still has its duplicates named, objects' keys in any order
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "tools": ["a", "b", "a"]}))
+    assert [(e.field, e.reason) for e in errors] == [("spec.agent.tools[2]", "FieldValueDuplicate")]
+
+
 def test_unknown_fields_are_reported_and_pruned_before_the_schema() -> None:
     errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "maxIteration": "x"}, extra={}))
     assert [(e.field, e.message, e.reason) for e in errors] == [

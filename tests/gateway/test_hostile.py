@@ -172,6 +172,10 @@ CASES: dict[str, tuple[bytes, int, str]] = {
     "wrong type of metadata": (_encoded({**_body(), "metadata": []}), 422, "metadata"),
     "wrong type of labels": (_encoded({**_body(), "metadata": {"name": "x", "labels": {"a": 1}}}), 422,
                              "metadata.labels"),
+    "20,000 unknown fields": (_encoded({**_body(), "spec": {f"k{i}": 1 for i in range(20_000)}}), 422,
+                              "more errors"),  # the first 100 listed, the rest counted
+    "50,000 copies of a tool": (_encoded(_body(agent={"model": "scripted", "tools": ["a"] * 50_000})), 422,
+                                "spec.agent.tools: Too many: 50000"),
     "forged created-by": (_encoded({**_body(), "metadata": {"name": "x", "annotations": {
         "agentrun.io/created-by": "admin"}}}), 422, "metadata.annotations[agentrun.io/created-by]"),
 }
