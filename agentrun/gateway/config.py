@@ -78,9 +78,10 @@ class GatewaySettings(BaseSettings):
 
     rate_limit_per_second: float = Field(default=10.0, gt=0)
     """Sustained ``/v1`` requests a second per caller (the token's ``sub``, else the token).
-    10 is five times what an open web view or ``agentrun list -w`` polls; beyond the bucket
-    the answer is 429 with ``Retry-After``. Per gateway process: with N processes or
-    replicas a caller gets up to N times this."""
+    An open web view or ``agentrun list -w`` polls once every 2 s, so 10 leaves room for many
+    tabs, CLIs and reconnecting streams of one person; beyond the bucket the answer is 429
+    with ``Retry-After``. Per gateway process: with N processes or replicas a caller gets up
+    to N times this."""
 
     rate_limit_burst: float = Field(default=40.0, ge=1)
     """Requests a caller may make at once before the rate applies (the bucket's size):
