@@ -267,7 +267,11 @@ def gateway(
     port: int | None = typer.Option(None, help="Port to listen on (default AGENTRUN_GATEWAY_PORT)."),
 ) -> None:
     """Serve the HTTP gateway: runs, SSE streams of their events, stop; JWT-authenticated."""
-    components.entry("gateway")(host=host, port=port)
+    try:
+        components.entry("gateway")(host=host, port=port)
+    except ValueError as exc:  # a setting the gateway refuses to serve with (auth, loopback, Redis)
+        err.print(f"[red]error:[/red] {rich.markup.escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

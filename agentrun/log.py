@@ -14,6 +14,8 @@ import urllib.parse
 
 import structlog
 
+from agentrun import messagelogs
+
 
 def configure(level: str = "INFO", fmt: str = "console") -> None:
     shared: list[structlog.types.Processor] = [
@@ -31,6 +33,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    messagelogs.install()  # Dramatiq's lines name messages by id, never by their body
 
 
 def redact_url(url: str | None) -> str | None:

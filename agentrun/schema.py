@@ -79,6 +79,9 @@ _NOT_CHECKED = (
     'Invalid value: "null": some validation rules were not checked because the object was '
     "invalid; correct the existing errors to complete validation"
 )
+#: Prefix, in the set of failed paths, of a list that has more items than its maxItems: its
+#: items are not checked one by one (duplicates, CEL rules), it is refused for its length.
+_TOO_MANY_MARK = "\x00too-many:"
 #: Fields every object may carry beside its schema (ObjectMeta is validated elsewhere).
 _OBJECT_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
 
@@ -550,31 +553,45 @@ def _keyword_error(error: jsonschema.ValidationError, path: str) -> FieldError:
     return FieldError(path, f"Invalid value: {shown}: {body} {detail}", INVALID)
 
 
-def _list_errors(value: Any, node: _Node | None, path: str) -> Iterator[FieldError]:
-    """Duplicates in ``x-kubernetes-list-type`` ``set`` and ``map`` lists, at every depth."""
+def _list_errors(value: Any, node: _Node | None, path: str, failed: frozenset[str] = frozenset()
+                 ) -> Iterator[FieldError]:
+    """Duplicates in ``x-kubernetes-list-type`` ``set`` and ``map`` lists, at every depth.
+
+    A list longer than its ``maxItems`` (marked in ``failed``) is not searched: it is refused
+    for its length, and 60,000 copies of one name made 60,000 errors (a 9 MB answer).
+    """
     if node is None:
         return
     if isinstance(value, dict):
         for name, item in value.items():
             child = node.properties.get(name)
             if child is not None:
-                yield from _list_errors(item, child, _child(path, name))
+                yield from _list_errors(item, child, _child(path, name), failed)
             elif isinstance(node.additional, _Node):
-                yield from _list_errors(item, node.additional, _key(path, name))
-    elif isinstance(value, list):
-        seen: list[Any] = []
+                yield from _list_errors(item, node.additional, _key(path, name), failed)
+    elif isinstance(value, list) and _TOO_MANY_MARK + path not in failed:
+        # Identities in a set, not values in a list: comparing each item with all before it
+        # cost 8 s of CPU for the 28,000 distinct names that fit in a 256 KiB body.
+        seen: set[str] = set()
         for index, item in enumerate(value):
             where = _index(path, index)
             if node.list_type == "set":
-                if item in seen:
+                identity = _identity(item)
+                if identity in seen:
                     yield FieldError(where, f"Duplicate value: {_quote(item)}", DUPLICATE)
-                seen.append(item)
+                seen.add(identity)
             elif node.list_type == "map" and isinstance(item, dict):
                 key = {k: item.get(k) for k in node.list_keys}
-                if key in seen:
+                identity = _identity(key)
+                if identity in seen:
                     yield FieldError(where, f"Duplicate value: {_quote(key)}", DUPLICATE)
-                seen.append(key)
-            yield from _list_errors(item, node.items, where)
+                seen.add(identity)
+            yield from _list_errors(item, node.items, where, failed)
+
+
+def _identity(value: Any) -> str:
+    """Equal JSON values, and only those, have equal identities (object keys in any order)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 # -- Step 4: CEL rules --------------------------------------------------------------------------
@@ -605,7 +622,11 @@ def _cel_errors(value: Any, node: _Node | None, path: str, failed: set[str], old
                 yield from _cel_errors(item, child, _child(path, name), failed, before)
             elif isinstance(node.additional, _Node):
                 yield from _cel_errors(item, node.additional, _key(path, name), failed, before)
-    elif isinstance(value, list):
+    elif isinstance(value, list) and _TOO_MANY_MARK + path not in failed:
+        # The rules of the items of a list longer than its maxItems are not evaluated: the
+        # list is refused anyway, and evaluating them would cost in proportion to a length
+        # the schema forbids (8,000 script steps took 12 s). kube-apiserver bounds the same
+        # cost with its CEL cost budget.
         for index, item in enumerate(value):
             yield from _cel_errors(item, node.items, _index(path, index), failed)
 
@@ -677,8 +698,10 @@ def validate(crd: Mapping[str, Any], obj: Mapping[str, Any], version: str = DEFA
     for error, node_path in _schema_errors(compiled, pruned):
         errors.append(error)
         failed.add(node_path)
+        if error.reason == TOO_MANY:
+            failed.add(_TOO_MANY_MARK + node_path)
         blocked = blocked or error.reason in _BLOCKING
-    errors.extend(_list_errors(pruned, compiled.root, ""))
+    errors.extend(_list_errors(pruned, compiled.root, "", frozenset(failed)))
     if blocked:
         errors.append(FieldError("<nil>", _NOT_CHECKED, INVALID))
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("stream", "dispatch", "sse", "stop", "scale", "autoscale", "overhead")
+BENCHMARKS = ("stream", "dispatch", "sse", "stop", "scale", "autoscale", "overhead", "gateway_validation")
 
 
 def main() -> int:

@@ -11,10 +11,13 @@ view (:mod:`agentrun_gateway.webview`), a page that uses the same ``/v1`` API.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import gc
-import json
+import hashlib
+import ipaddress
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -29,8 +32,8 @@ import structlog
 import uvicorn
 from starlette import applications, requests, responses, routing
 
-from agentrun import control, kube, log, phases, schema, settings, store, streams
-from agentrun_gateway import auth, chunks, config, fanout, metrics, openapi, sse, webview
+from agentrun import control, kube, log, phases, settings, store, streams
+from agentrun_gateway import admission, auth, chunks, config, fanout, metrics, openapi, ratelimit, sse, webview
 
 logger = structlog.get_logger(__name__)
 
@@ -39,9 +42,6 @@ Handler = Callable[[requests.Request], Awaitable[responses.Response]]
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 THREAD_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,256}$")
-API_VERSION = f"{kube.GROUP}/{kube.VERSION}"
-MAX_BODY_BYTES = 256 * 1024
-"""Largest AgentRun body accepted: kopf keeps a copy of the spec in an annotation of 256 KiB."""
 
 
 class HTTPError(Exception):
@@ -62,6 +62,8 @@ class Services:
     settings: config.GatewaySettings
     verifier: auth.Verifier
     metrics: metrics.Metrics
+    limiter: ratelimit.Limiter
+    admission: admission.Pool
     api: lightkube.AsyncClient | None = None
     redis: aioredis.Redis | None = None
     database: store.Store | None = None
@@ -91,18 +93,32 @@ def create_app(
     cfg = gateway_settings or config.load()
     if not cfg.redis_url and redis is None:
         raise ValueError("the gateway needs Redis: set AGENTRUN_REDIS_URL")
+    if cfg.insecure_no_auth and not is_loopback(cfg.host):
+        raise ValueError(
+            f"AGENTRUN_GATEWAY_INSECURE_NO_AUTH serves every namespace to anyone who can connect, so the gateway "
+            f"listens on loopback only in that mode: set AGENTRUN_GATEWAY_HOST (or --host) to 127.0.0.1 or ::1 "
+            f"(it is {cfg.host!r}), or configure tokens (AGENTRUN_GATEWAY_JWT_SECRET, _JWKS_URL or _JWKS_FILE)"
+        )
     verifier = auth.Verifier(
         secret=cfg.jwt_secret, jwks_url=cfg.jwks_url, jwks_file=cfg.jwks_file, audience=cfg.jwt_audience,
         issuer=cfg.jwt_issuer, namespaces_claim=cfg.namespaces_claim, leeway_seconds=cfg.jwt_leeway_seconds,
         allow_anonymous=cfg.insecure_no_auth, jwks_cache_seconds=cfg.jwks_cache_seconds,
         jwks_refresh_cooldown_seconds=cfg.jwks_refresh_cooldown_seconds,
     )
-    services = Services(settings=cfg, verifier=verifier, metrics=metrics.Metrics(), api=api, redis=redis,
-                        database=database)
+    services = Services(settings=cfg, verifier=verifier, metrics=metrics.Metrics(),
+                        limiter=ratelimit.Limiter(cfg.rate_limit_per_second, cfg.rate_limit_burst),
+                        admission=admission.Pool(cfg.validation_pool, cfg.validation_workers, cfg.validation_queue),
+                        api=api, redis=redis, database=database)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: applications.Starlette) -> AsyncIterator[None]:
         opened: list[Callable[[], Awaitable[Any]]] = []
+        services.admission.start()  # its worker processes start (and compile the schema) meanwhile
+
+        async def close_admission() -> None:
+            services.admission.close()
+
+        opened.append(close_admission)
         if services.api is None:
             services.api = kube.client(cfg.kubeconfig)
             opened.append(services.api.close)
@@ -142,6 +158,15 @@ def create_app(
             try:
                 principal = await services.verifier.authenticate(request.headers, request.query_params.keys())
                 principal.require(request.path_params["namespace"])
+                cost = cfg.rate_limit_create_cost if handler is create_run else 1.0
+                wait = services.limiter.take(_caller(principal, request), cost)
+                if wait:
+                    services.metrics.rate_limited.inc()
+                    return _error(429, "rate_limited",
+                                  f"this token may make {cfg.rate_limit_per_second:g} requests/s (bursts of "
+                                  f"{cfg.rate_limit_burst:g}; creating a run counts as "
+                                  f"{cfg.rate_limit_create_cost:g}); retry in {ratelimit.retry_after(wait)} s",
+                                  headers={"Retry-After": ratelimit.retry_after(wait)})
                 _check_path(request.path_params)
                 return await handler(request, services, principal)
             except auth.AuthError as exc:
@@ -222,86 +247,38 @@ async def get_run(request: requests.Request, s: Services, _p: auth.Principal) ->
     return responses.JSONResponse(await _get(s, request.path_params["namespace"], request.path_params["name"]))
 
 
-async def create_run(request: requests.Request, s: Services, _p: auth.Principal) -> responses.Response:
+async def create_run(request: requests.Request, s: Services, principal: auth.Principal) -> responses.Response:
     namespace = request.path_params["namespace"]
+    limit = s.settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _refused(s, admission.too_large(limit))
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPError(413, "too_large", f"the body exceeds {MAX_BODY_BYTES} bytes; put a large input in a "
-                                              "ConfigMap or Secret and use spec.inputFrom")
+        if len(raw) > limit:
+            return _refused(s, admission.too_large(limit))
+    # Off the event loop: the CRD's CEL rules cost up to ≈ 0.6 s of CPU for a valid run.
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPError(400, "bad_request", "the body must be a JSON AgentRun object") from exc
-    if not isinstance(body, dict):
-        raise HTTPError(400, "bad_request", "the body must be a JSON AgentRun object")
-    obj, errors = prepare_run(body, namespace)
-    if not errors:
-        errors = [{"field": e.field, "message": e.message, "reason": e.reason}
-                  for e in schema.validate(schema.crd_for("AgentRun"), obj)]
-    if errors:
-        metadata = obj.get("metadata")
-        name = str(metadata.get("name") or "") if isinstance(metadata, dict) else ""
-        message = f'AgentRun.{kube.GROUP} "{name}" is invalid: ' + ", ".join(
-            f"{e['field']}: {e['message']}" for e in errors)
-        raise HTTPError(422, "invalid", message, errors=errors)
-    created = kube.to_dict(await s.kube().create(lightkube.codecs.from_dict(obj)))
-    logger.info("gateway.run_created", namespace=namespace, name=created["metadata"].get("name"))
+        verdict = await s.admission.check(bytes(raw), namespace, creator=principal.subject or "unknown",
+                                          max_depth=s.settings.max_json_depth)
+    except admission.Busy:
+        logger.warning("gateway.admission_busy", queue=s.settings.validation_queue)
+        raise HTTPError(503, "busy", "too many runs are being checked; retry shortly") from None
+    except concurrent.futures.BrokenExecutor:
+        logger.error("gateway.admission_broken", why="a validation process died")
+        raise HTTPError(503, "unavailable", "the run could not be checked; retry shortly") from None
+    if isinstance(verdict, admission.Refused):
+        return _refused(s, verdict)
+    created = kube.to_dict(await s.kube().create(lightkube.codecs.from_dict(verdict.obj)))
+    logger.info("gateway.run_created", namespace=namespace, name=created["metadata"].get("name"),
+                created_by=principal.subject)
     return responses.JSONResponse(created, status_code=201)
 
 
-def prepare_run(body: dict[str, Any], namespace: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """The AgentRun to create from a request body, and what is wrong with its envelope.
-
-    ``apiVersion`` and ``kind`` may be left out; ``metadata.namespace`` is the URL's. The spec
-    is left to the CRD schema (:func:`agentrun.schema.validate`).
-    """
-    obj = dict(body)
-    errors: list[dict[str, str]] = []
-
-    def refuse(field: str, message: str, reason: str = schema.INVALID) -> None:
-        errors.append({"field": field, "message": message, "reason": reason})
-
-    obj.setdefault("apiVersion", API_VERSION)
-    obj.setdefault("kind", "AgentRun")
-    if obj["apiVersion"] != API_VERSION:
-        refuse("apiVersion", f'Unsupported value: {json_repr(obj["apiVersion"])}: supported values: "{API_VERSION}"',
-               schema.NOT_SUPPORTED)
-    if obj["kind"] != "AgentRun":
-        refuse("kind", f'Unsupported value: {json_repr(obj["kind"])}: supported values: "AgentRun"',
-               schema.NOT_SUPPORTED)
-    metadata = obj.get("metadata", {})
-    if not isinstance(metadata, dict):
-        refuse("metadata", "Invalid value: must be an object", schema.TYPE_INVALID)
-        return obj, errors
-    metadata = dict(metadata)
-    obj["metadata"] = metadata
-    if metadata.get("namespace") not in (None, namespace):
-        refuse("metadata.namespace", f'Invalid value: {json_repr(metadata["namespace"])}: does not match the '
-                                     f'namespace of the URL ("{namespace}")')
-    metadata["namespace"] = namespace
-    name, generate = metadata.get("name"), metadata.get("generateName")
-    if name is None and generate is None:
-        refuse("metadata.name", "Required value: name or generateName is required", schema.REQUIRED)
-    elif name is not None and (not isinstance(name, str) or not DNS_SUBDOMAIN.match(name)):
-        refuse("metadata.name", f"Invalid value: {json_repr(name)}: a lowercase RFC 1123 subdomain must consist "
-                                "of lower case alphanumeric characters, '-' or '.', and must start and end "
-                                "with an alphanumeric character")
-    elif generate is not None and (not isinstance(generate, str) or not DNS_SUBDOMAIN.match(generate + "x")):
-        refuse("metadata.generateName", f"Invalid value: {json_repr(generate)}: must be a lowercase RFC 1123 prefix")
-    for field in ("labels", "annotations"):
-        value = metadata.get(field)
-        if value is not None and (not isinstance(value, dict)
-                                  or not all(isinstance(v, str) for v in value.values())):
-            refuse(f"metadata.{field}", "Invalid value: must be a map of strings", schema.TYPE_INVALID)
-    if not isinstance(obj.get("spec"), dict):
-        refuse("spec", "Required value", schema.REQUIRED)
-    return obj, errors
-
-
-def json_repr(value: Any) -> str:
-    return json.dumps(value, default=str)
+def _refused(s: Services, verdict: admission.Refused) -> responses.Response:
+    s.metrics.bodies_refused.labels(status=str(verdict.status)).inc()
+    return responses.JSONResponse(verdict.answer(), status_code=verdict.status)
 
 
 async def stop_run(request: requests.Request, s: Services, _p: auth.Principal) -> responses.Response:
@@ -372,6 +349,22 @@ async def _get(s: Services, namespace: str, name: str) -> dict[str, Any]:
         raise
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``127.0.0.0/8``, ``::1``); names are not resolved."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _caller(principal: auth.Principal, request: requests.Request) -> str:
+    """Whose bucket a request takes from: the token's subject, else the token's hash."""
+    if principal.subject:
+        return f"sub:{principal.subject}"
+    token = request.headers.get("authorization", "")
+    return "token:" + hashlib.sha256(token.encode()).hexdigest() if token else "anonymous"
+
+
 def _check_path(params: dict[str, Any]) -> None:
     if not DNS_LABEL.match(params["namespace"]):
         raise HTTPError(404, "not_found", "no such namespace: a namespace is an RFC 1123 label")
@@ -407,13 +400,17 @@ def serve(*, host: str | None = None, port: int | None = None) -> None:
     base = settings.load()
     log.configure(base.log_level, base.log_format)
     cfg = config.load()
-    options: dict[str, Any] = {"host": host or cfg.host, "port": port or cfg.port, "proxy_headers": True,
+    if host or port:
+        cfg = cfg.model_copy(update={"host": host or cfg.host, "port": port or cfg.port})
+    options: dict[str, Any] = {"host": cfg.host, "port": cfg.port, "proxy_headers": True,
                                "log_level": base.log_level.lower(), "access_log": False,
                                "timeout_graceful_shutdown": 5}
+    app = create_app(cfg)  # refuses unsafe settings (ValueError) before anything listens
     if cfg.workers > 1:  # uvicorn's supervisor; each process builds its own app (and shared readers)
+        os.environ.update(AGENTRUN_GATEWAY_HOST=cfg.host, AGENTRUN_GATEWAY_PORT=str(cfg.port))  # for worker_app
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=cfg.workers, **options)
     else:
-        uvicorn.run(create_app(cfg), **options)
+        uvicorn.run(app, **options)
 
 
 def worker_app() -> applications.Starlette:

@@ -27,6 +27,8 @@ logger = structlog.get_logger(__name__)
 ALL = "*"
 HMAC_ALGORITHMS = ("HS256",)
 ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
+MIN_SECRET_BYTES = 32
+"""Shortest HS256 secret accepted: RFC 7518 (3.2) asks for a key of at least the hash's size."""
 URL_TOKEN_PARAMS = frozenset({"access_token", "token", "jwt", "id_token", "auth", "authorization"})
 
 
@@ -83,6 +85,11 @@ class Verifier:
             )
         if not audience:
             raise ValueError("AGENTRUN_GATEWAY_JWT_AUDIENCE must name at least one audience")
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"AGENTRUN_GATEWAY_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (it has "
+                f"{len(secret.encode())}): a short HS256 secret can be guessed offline from any token it signed"
+            )
         self._secret = secret
         # No per-kid key cache (PyJWKClient's cache_keys): it never expires, so a key removed
         # from the JWKS (revoked, rotated out) would stay trusted until the gateway restarts.

@@ -8,6 +8,8 @@ system.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -71,7 +73,45 @@ class GatewaySettings(BaseSettings):
 
     insecure_no_auth: bool = False
     """Accept requests without a token, with access to every namespace. Only for
-    ``agentrun dev`` on a laptop; logged as a warning at start."""
+    ``agentrun dev`` on a laptop: the gateway refuses to start so unless ``host`` is a
+    loopback address (``127.0.0.1``, ``::1``), and logs a warning when it starts."""
+
+    rate_limit_per_second: float = Field(default=10.0, gt=0)
+    """Sustained ``/v1`` requests a second per caller (the token's ``sub``, else the token).
+    An open web view or ``agentrun list -w`` polls once every 2 s, so 10 leaves room for many
+    tabs, CLIs and reconnecting streams of one person; beyond the bucket the answer is 429
+    with ``Retry-After``. Per gateway process: with N processes or replicas a caller gets up
+    to N times this."""
+
+    rate_limit_burst: float = Field(default=40.0, ge=1)
+    """Requests a caller may make at once before the rate applies (the bucket's size):
+    enough for a page load, a CLI command and a few reconnecting streams together."""
+
+    rate_limit_create_cost: float = Field(default=5.0, ge=1)
+    """What creating a run takes from the bucket, in requests: its check costs up to ≈ 0.6 s
+    of CPU, far more than a read, so by default 2 creates a second, 8 at once."""
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Largest create-run body (413 beyond): kopf copies the spec into an annotation limited
+    to 256 KiB, so a larger run could never start; large inputs go in ``spec.inputFrom``."""
+
+    max_json_depth: int = Field(default=64, ge=8, le=512)
+    """Deepest nesting of objects and lists in a create-run body (400 beyond). An AgentRun
+    needs 7; 64 leaves room for free-form JSON and stays far from the parser's recursion."""
+
+    validation_pool: Literal["process", "thread"] = "process"
+    """Where create-run bodies are checked (the CRD schema and its CEL rules, up to ≈ 0.6 s of
+    CPU each): a worker process kept ``/healthz`` within 1.03x of idle at p50 (1.7x at p99)
+    while 256 KiB bodies were checked; a thread shares the GIL with the event loop and let it
+    grow 4.8x at p50, 5.9x at p99 (``bench gateway_validation``, docs/benchmarks.md)."""
+
+    validation_workers: int = Field(default=1, ge=1, le=64)
+    """Processes (or threads) checking bodies. One keeps a core for the event loop on a
+    two-core pod; more only help with more cores."""
+
+    validation_queue: int = Field(default=64, ge=1)
+    """Bodies checked or waiting at once in one gateway process; one more gets 503 with
+    ``Retry-After`` instead of growing a backlog without bound."""
 
     heartbeat_seconds: float = 15.0
     """Idle time after which an SSE stream gets a ``: ping`` comment. 15 s: below the 30-60 s

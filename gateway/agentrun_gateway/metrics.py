@@ -23,6 +23,14 @@ class Metrics:
             "agentrun_gateway_auth_failures", "Requests refused by authentication or authorization.",
             ["reason"], registry=self.registry,
         )
+        self.rate_limited = prometheus_client.Counter(
+            "agentrun_gateway_rate_limited", "Requests refused with 429 by the per-token rate limit.",
+            registry=self.registry,
+        )
+        self.bodies_refused = prometheus_client.Counter(
+            "agentrun_gateway_bodies_refused", "Create-run bodies refused (413, 400 or 422).", ["status"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -25,8 +25,9 @@ def _json(ref: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request", 401: "No valid bearer token", 403: "The token may not use this namespace",
-            404: "Not found", 409: "Conflict", 413: "Body too large", 422: "Invalid", 502: "The Kubernetes API failed",
-            503: "A backing service is unreachable"}
+            404: "Not found", 409: "Conflict", 413: "Body too large", 422: "Invalid",
+            429: "Over the token's rate limit: retry after Retry-After seconds", 502: "The Kubernetes API failed",
+            503: "A backing service is unreachable, or too many bodies wait for their check"}
     return {str(c): {"description": text[c], **_json("Error")} for c in codes}
 
 
@@ -52,26 +53,26 @@ _DOCUMENT: dict[str, Any] = {
                     {"name": "thread", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {"200": {"description": "The runs", **_json("RunList")},
-                              **_errors(401, 403, 404, 422, 502, 503)},
+                              **_errors(401, 403, 404, 422, 429, 502, 503)},
             },
             "post": {
                 "operationId": "createRun", "summary": "Create an AgentRun (checked against the CRD schema)",
                 "requestBody": {"required": True, **_json("AgentRunInput")},
                 "responses": {"201": {"description": "Created", **_json("AgentRun")},
-                              **_errors(400, 401, 403, 404, 409, 413, 422, 502, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 429, 502, 503)},
             },
         },
         "/v1/namespaces/{namespace}/runs/{name}": {
             "parameters": [_NAMESPACE, _NAME],
             "get": {"operationId": "getRun", "summary": "One AgentRun",
                     "responses": {"200": {"description": "The run", **_json("AgentRun")},
-                                  **_errors(401, 403, 404, 502, 503)}},
+                                  **_errors(401, 403, 404, 429, 502, 503)}},
         },
         "/v1/namespaces/{namespace}/runs/{name}/stop": {
             "parameters": [_NAMESPACE, _NAME],
             "post": {"operationId": "stopRun", "summary": "Request a graceful stop (spec.stop and the stop flag)",
                      "responses": {"202": {"description": "Stop requested", **_json("AgentRun")},
-                                   **_errors(401, 403, 404, 409, 502, 503)}},
+                                   **_errors(401, 403, 404, 409, 429, 502, 503)}},
         },
         "/v1/namespaces/{namespace}/runs/{name}/stream": {
             "parameters": [_NAMESPACE, _NAME],
@@ -85,7 +86,7 @@ _DOCUMENT: dict[str, Any] = {
                                                      "`event: expired` then the database record when the "
                                                      "stream has expired",
                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                              **_errors(400, 401, 403, 404, 502, 503)},
+                              **_errors(400, 401, 403, 404, 429, 502, 503)},
             },
         },
         "/v1/namespaces/{namespace}/threads/{thread_id}/messages": {
@@ -97,7 +98,7 @@ _DOCUMENT: dict[str, Any] = {
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                 ],
                 "responses": {"200": {"description": "The messages", **_json("MessageList")},
-                              **_errors(401, 403, 404, 422, 503)},
+                              **_errors(401, 403, 404, 422, 429, 503)},
             },
         },
     },
@@ -107,6 +108,7 @@ _DOCUMENT: dict[str, Any] = {
             "Health": {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {
                 "error": {"type": "string"}, "message": {"type": "string"},
+                "field": {"type": "string", "description": "The field at fault (400 for bad input)"},
                 "errors": {"type": "array", "items": {"type": "object", "properties": {
                     "field": {"type": "string"}, "message": {"type": "string"}, "reason": {"type": "string"}}}},
             }},

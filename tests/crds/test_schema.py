@@ -68,6 +68,39 @@ def test_rules_of_a_node_that_failed_its_schema_are_not_evaluated() -> None:
     assert [(e.field, e.reason) for e in errors] == [("spec.agent.model", "FieldValueRequired")]
 
 
+def test_the_items_of_a_list_over_its_max_items_are_not_evaluated_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a script of 8,000 steps (at most 1,000 allowed), each breaking its CEL rule
+    steps = [{"text": "x", "fail": "y"}] * 8000
+    calls = []
+    evaluate = schema._evaluate
+    monkeypatch.setattr(schema, "_evaluate", lambda *args: calls.append(args[2]) or evaluate(*args))
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "script": steps}))
+    # Then the list is refused for its length, and no step's rule runs (it cost 12 s of CPU)
+    assert [(e.field, e.reason) for e in errors] == [("spec.agent.script", "FieldValueTooMany")]
+    assert len(calls) < 10
+    # while a list within its bound still has every item's rules evaluated
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "script": steps[:3]}))
+    assert fields(errors) == ["spec.agent.script[0]", "spec.agent.script[1]", "spec.agent.script[2]"]
+
+
+def test_duplicates_are_found_in_linear_time_and_not_searched_in_a_list_over_its_max_items() -> None:
+    import time
+
+    # Given the 28,000 distinct tool names that fit in 256 KiB (at most 128 allowed): one error
+    names = [f"t{i}" for i in range(28_000)]
+    started = time.perf_counter()
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "tools": names}))
+    assert [(e.field, e.reason) for e in errors] == [("spec.agent.tools", "FieldValueTooMany")]
+    # comparing each name with all before it took 8 s here; by identity it takes ≈ 0.5 s
+    assert time.perf_counter() - started < 4
+    # and 60,000 copies of one name are one error too, not 60,000 duplicates
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "tools": ["a"] * 60_000}))
+    assert fields(errors) == ["spec.agent.tools"]
+    # while a list within its bound still has its duplicates named, objects' keys in any order
+    errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "tools": ["a", "b", "a"]}))
+    assert [(e.field, e.reason) for e in errors] == [("spec.agent.tools[2]", "FieldValueDuplicate")]
+
+
 def test_unknown_fields_are_reported_and_pruned_before_the_schema() -> None:
     errors = schema.validate(AGENTRUN, run(input="hi", agent={"model": "scripted", "maxIteration": "x"}, extra={}))
     assert [(e.field, e.message, e.reason) for e in errors] == [

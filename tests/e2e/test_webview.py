@@ -279,7 +279,7 @@ def test_the_page_works_without_a_token_on_a_gateway_in_dev_mode_and_after_a_str
     bed: harness.Bed, operator: Any, namespace: str, page: Page
 ) -> None:
     # Given a gateway that accepts requests without a token (agentrun dev)
-    dev = Gateway(settings(bed, insecure_no_auth=True)).start()
+    dev = Gateway(settings(bed, insecure_no_auth=True, host="127.0.0.1")).start()
     try:
         bed.start_worker(f"agentrun.{namespace}.default")
         page.goto(f"{dev.url}/#/{namespace}")

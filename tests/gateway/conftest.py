@@ -130,6 +130,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, redis_url: str, postgres_d
         # small, so that a burst overflows a client's buffer and the tests cover the way a
         # client that falls behind leaves the shared reader and reads Redis on its own
         stream_buffer_events=STREAM_BUFFER,
+        # the tests of one process share this gateway and one token subject: its rate limit is
+        # tested on an app of its own (test_hostile.py)
+        rate_limit_per_second=100_000, rate_limit_burst=100_000,
     )
     app = gateway_app.create_app(settings)
     port = harness.free_port()

@@ -182,7 +182,7 @@ async def test_without_auth_configured_the_gateway_refuses_to_start_unless_told_
     kubeconfig = pathlib.Path(gateway.kubeconfig)
     insecure = gateway_app.create_app(config.GatewaySettings(
         redis_url=gateway.redis_url, database_url=gateway.database_url, kubeconfig=str(kubeconfig),
-        insecure_no_auth=True))
+        insecure_no_auth=True, host="127.0.0.1"))
     async with insecure.router.lifespan_context(insecure), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=insecure), base_url="http://gateway"
     ) as client:

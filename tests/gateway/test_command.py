@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 
 import httpx
@@ -22,7 +23,8 @@ def test_the_gateway_command_serves_health_and_stops_on_sigterm(tmp_path: pathli
         env = dict(os.environ, KUBECONFIG=str(server.write_kubeconfig(tmp_path / "kubeconfig")),
                    AGENTRUN_REDIS_URL=redis_url, AGENTRUN_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
                    AGENTRUN_GATEWAY_INSECURE_NO_AUTH="true")
-        proc = harness.Proc("gateway", [str(BIN / "agentrun"), "gateway", "--port", str(port)], env, tmp_path).start()
+        command = [str(BIN / "agentrun"), "gateway", "--host", "127.0.0.1", "--port", str(port)]
+        proc = harness.Proc("gateway", command, env, tmp_path).start()
         try:
             def healthy() -> bool:
                 assert proc.alive(), proc.output()
@@ -39,3 +41,16 @@ def test_the_gateway_command_serves_health_and_stops_on_sigterm(tmp_path: pathli
             assert "Finished server process" in proc.output()
         finally:
             proc.stop()
+
+
+def test_the_gateway_command_refuses_no_auth_on_all_interfaces(tmp_path: pathlib.Path, redis_url: str) -> None:
+    env = dict(os.environ, AGENTRUN_REDIS_URL=redis_url, AGENTRUN_GATEWAY_INSECURE_NO_AUTH="true",
+               AGENTRUN_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    env.pop("AGENTRUN_GATEWAY_HOST", None)
+    port = harness.free_port()
+    for host in ([], ["--host", "0.0.0.0"]):  # the default host is every interface
+        done = subprocess.run([str(BIN / "agentrun"), "gateway", *host, "--port", str(port)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "AGENTRUN_GATEWAY_INSECURE_NO_AUTH" in done.stderr and "127.0.0.1 or ::1" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
