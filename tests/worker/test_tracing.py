@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 import sentry_sdk
 import structlog
-from agentrun_worker import agent, config, providers, tools, tracing
+from agentrun_worker import agent, config, middleware, providers, tools, tracing
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -259,12 +259,16 @@ async def test_an_error_escaping_the_actor_is_reported_once_and_without_secrets(
     bind_run(run_id)
     # When an infrastructure error naming them escapes the actor
     error = ConnectionError(f"cannot reach redis://default:hunter2secret@10.0.0.1:6379/0 with {KEY}")
-    with pytest.raises(ConnectionError), tracing.reporting_errors():
-        with tracing.reporting_errors():  # reported where it happened, not again on the way out
-            raise error
+    with pytest.raises(ConnectionError) as escaped, tracing.identified():
+        raise error
+    bind_run(str(uuid.uuid4()))  # the middleware runs where another run's context may be bound
+    reporting = middleware.ErrorReporting()
+    for _ in range(2):  # reported once, however often it is handed on
+        reporting.after_process_message(None, None, exception=escaped.value)  # type: ignore[arg-type]
     # And an agent's own failure escapes too
-    with pytest.raises(agent.BudgetExceeded), tracing.reporting_errors():
+    with pytest.raises(agent.BudgetExceeded) as failed, tracing.identified():
         raise agent.BudgetExceeded("over budget")
+    reporting.after_process_message(None, None, exception=failed.value)  # type: ignore[arg-type]
     tracing.flush()
     # Then one event arrived, tagged with the run, and neither the password nor the key was sent
     events = harness.wait_until(receiver.events, 10, "the Sentry event")

@@ -25,7 +25,7 @@ from agentrun_worker import execution, metrics, middleware, runtime, shutdown, t
 runtime.broker().add_middleware(middleware.CloseClients(), after=dramatiq.middleware.AsyncIO)
 runtime.broker().add_middleware(shutdown.GracefulShutdown(runtime.worker_config().shutdown_grace_seconds))
 runtime.broker().add_middleware(metrics.Metrics(runtime.worker_config().metrics_port))
-tracing.setup()  # once per worker process: OpenTelemetry, Langfuse, Sentry as configured
+runtime.broker().add_middleware(middleware.ErrorReporting())  # backends set up per process; escaped errors reported
 
 
 @dramatiq.actor(
@@ -38,5 +38,5 @@ tracing.setup()  # once per worker process: OpenTelemetry, Langfuse, Sentry as c
     throws=(dramatiq.middleware.TimeLimitExceeded,),
 )
 async def execute_run(payload: dict[str, Any]) -> None:
-    with tracing.reporting_errors():
+    with tracing.identified():  # what escapes carries the run's identity to ErrorReporting
         await execution.execute(payload)

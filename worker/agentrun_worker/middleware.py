@@ -1,4 +1,5 @@
-"""Worker middleware: closing the worker's clients when the worker shuts down; in
+"""Worker middleware: reporting what escapes a run and setting up the trace backends
+(``ErrorReporting``); closing the worker's clients when the worker shuts down; in
 ``agentrun dev``, giving each message its pool's settings (``CurrentPool``).
 
 The clients (Redis, Kubernetes, the store) live on Dramatiq's event loop thread. After the
@@ -17,6 +18,25 @@ import dramatiq.broker
 import dramatiq.common
 
 from agentrun_worker import runtime, tracing
+
+
+class ErrorReporting(dramatiq.Middleware):
+    """Error reporting and trace set-up, per worker process rather than per run.
+
+    The backends (OpenTelemetry, Langfuse, Sentry) are configured when a worker process boots.
+    An infrastructure error that escapes the actor goes to Sentry with the run's identity,
+    which the actor stamped on it (``tracing.identified``); an agent's own failure (it names
+    its reason) and a cancellation are outcomes, not faults. The per-step spans stay in the
+    agent loop: they nest inside the run's coroutine, which a middleware hook does not run in.
+    """
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        tracing.setup()
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy, *,
+                              result: object | None = None, exception: BaseException | None = None) -> None:
+        if exception is not None and not tracing.expected(exception):
+            tracing.capture(exception)
 
 
 class CloseClients(dramatiq.Middleware):

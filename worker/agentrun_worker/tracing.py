@@ -2,7 +2,9 @@
 
 The agent loop (``agent``) calls three context managers — :func:`invoke_agent` around the
 whole loop, :func:`chat` around each model call, :func:`execute_tool` around each tool
-call — and the actor wraps the run in :func:`reporting_errors`. Each backend is optional:
+call — and the actor wraps the run in :func:`identified`, so that an error escaping it carries
+the run's identity to the ``middleware.ErrorReporting`` Dramatiq middleware, which reports it
+(and configures the backends when a worker process boots). Each backend is optional:
 none is imported unless it is configured, and the worker runs the same with none of them
 installed.
 
@@ -285,13 +287,15 @@ def expected(exc: BaseException) -> bool:
 
 
 def capture(exc: BaseException) -> None:
-    """Send an infrastructure error to Sentry (once), tagged with the run's identity."""
+    """Send an infrastructure error to Sentry (once), tagged with the run's identity: the one
+    it carries (:func:`identified`), else the one bound where this is called."""
     if not setup().sentry or getattr(exc, "_agentrun_reported", False):
         return
     import sentry_sdk
 
+    tags = getattr(exc, "_agentrun_identity", None) or identity()
     with sentry_sdk.new_scope() as scope:
-        for key, value in identity().items():
+        for key, value in tags.items():
             scope.set_tag(key, value)
         sentry_sdk.capture_exception(exc)
     with contextlib.suppress(AttributeError):
@@ -299,13 +303,16 @@ def capture(exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def reporting_errors() -> Iterator[None]:
-    """Around a whole run (the actor): an infrastructure error that escapes goes to Sentry."""
+def identified() -> Iterator[None]:
+    """Around a whole run (the actor): an error that escapes carries the run's identity, bound
+    here in the run's coroutine. The ``ErrorReporting`` middleware reports it from Dramatiq's
+    worker thread, where the run's log context is not bound."""
     try:
         yield
     except Exception as exc:
-        if not expected(exc):
-            capture(exc)
+        if getattr(exc, "_agentrun_identity", None) is None:
+            with contextlib.suppress(AttributeError):
+                exc._agentrun_identity = identity()  # type: ignore[attr-defined]
         raise
 
 
