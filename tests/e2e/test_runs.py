@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from agentrun import broker, keys, message, streams
 from tests.e2e import harness
-from tests.e2e.scenarios import SCRIPT, agentrun, stream_events
+from tests.e2e.scenarios import SCRIPT, agentrun, final_events, stream_events
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +114,7 @@ def test_an_agent_that_raises_fails_with_reason_and_message_in_both_places(
     row = bed.db_row(uid)
     assert row is not None
     assert (row["status"], row["reason"], row["error"]) == ("Failed", "ModelError", "the model exploded")
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert events[-1]["type"] == "status" and events[-1]["status"] == "failed"
     assert events[-1]["message"] == "the model exploded"
 
@@ -149,7 +149,7 @@ def test_a_stop_requested_before_the_worker_starts_ends_stopped_without_calling_
     status = bed.wait_phase(namespace, "early-stop", "Stopped", "Succeeded", "Failed")["status"]
     assert status["phase"] == "Stopped"
     assert status["reason"] == "StopRequested"
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert [e["type"] for e in events] == ["status"]
     assert events[0]["status"] == "stopped"
     assert bed.db_messages(uid) == []
@@ -182,7 +182,7 @@ def test_the_same_message_delivered_twice_at_once_runs_once(
     harness.wait_until(lambda: bed.queue_depth(queue) == 0, 15, "both deliveries to be acknowledged")
     harness.wait_until(lambda: worker.output().count('"run.skipped"') >= 1, 10, "the duplicate to be skipped")
     # Then the agent ran once: one running event, the scripted text once, one set of messages
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert sum(1 for e in events if e["type"] == "status" and e["status"] == "running") == 1
     assert "".join(e["delta"] for e in events if e["type"] == "assistant") == SCRIPT[0]["text"] + SCRIPT[1]["text"]
     assert [m["role"] for m in bed.db_messages(uid)] == ["user", "assistant", "assistant"]

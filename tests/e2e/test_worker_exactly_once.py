@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from agentrun import broker, keys, message
 from tests.e2e import harness
-from tests.e2e.scenarios import stream_events
+from tests.e2e.scenarios import final_events
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ def test_a_run_longer_than_the_consumer_timeout_is_redelivered_and_still_execute
     assert (status["phase"], status["attempt"], status["iterations"]) == ("Succeeded", 1, TURNS), status
     assert worker.alive(), "the worker must survive the broker closing its channel"
     assert worker.output().count('"run.started"') == 1
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert sum(1 for e in events if e["type"] == "status" and e["status"] == "running") == 1
     assert [e["delta"] for e in events if e["type"] == "assistant"] == [f"turn-{i}" for i in range(TURNS)]
     assert sum(1 for e in events if e["type"] == "status" and e["status"] == "succeeded") == 1
@@ -113,7 +113,7 @@ def test_a_short_deadline_is_enforced_by_the_worker_not_by_dramatiqs_time_limit(
     assert "Time limit exceeded" not in worker.output() and "Retrying message" not in worker.output()
     assert bed.queue_depth(f"{queue}.DQ") == 0 and bed.queue_depth(f"{queue}.XQ") == 0
     assert worker.output().count('"run.started"') == 1
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert [e["status"] for e in events if e["type"] == "status"] == ["running", "failed"]
 
 

@@ -163,7 +163,7 @@ def test_a_stop_while_the_mcp_servers_start_ends_the_run_stopped(
     # Then it ends Stopped without a model turn, and the process is gone
     status = bed.wait_phase(namespace, "starting", "Stopped", "Succeeded", "Failed", timeout=60)["status"]
     assert (status["phase"], status["reason"], status["iterations"]) == ("Stopped", "StopRequested", 0), status
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert not [e for e in events if e["type"] == streams.ASSISTANT]
     harness.wait_until(lambda: not server_processes(tag), 30, "the server process to exit")
 

@@ -105,6 +105,6 @@ def test_sigterm_lets_a_run_that_ends_within_the_grace_period_finish_on_the_same
     status = bed.get_run(namespace, "short")["status"]
     assert (status["phase"], status["attempt"], status["iterations"]) == ("Succeeded", 1, 3)
     assert '"run.handed_back"' not in worker.output() and '"run.finished"' in worker.output()
-    events = stream_events(bed.redis_url, uid)
+    events = final_events(bed.redis_url, uid)
     assert [e["status"] for e in events if e["type"] == streams.STATUS] == ["running", "succeeded"]
     assert bed.queue_depth(queue) + bed.queue_depth(f"{queue}.DQ") == 0
